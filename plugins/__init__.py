@@ -1,0 +1,6 @@
+"""The built-in plug-ins of wsolbench (installed as ``wsolbench_plugins``).
+
+They are registered through exactly the same hooks as third-party plug-ins;
+each registration names its implementation as a ``"module:attr"`` string so
+that listing names never imports torch.
+"""

@@ -1,0 +1,10 @@
+"""Built-in WSOL methods."""
+
+from wsolbench import hookimpl
+
+_HERE = "wsolbench_plugins.methods"
+
+
+@hookimpl
+def wsolbench_register_methods(register):
+    register("cam-avg", f"{_HERE}.cam:CamAvg", summary="class activation maps with global average pooling")

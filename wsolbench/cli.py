@@ -1,0 +1,134 @@
+"""The ``wsolbench`` command line.
+
+Subcommands live in :mod:`wsolbench.commands` and are imported only when
+invoked, so ``wsolbench --help`` and ``wsolbench list`` never import torch.
+Errors that are the user's to fix print one paragraph and exit with status 2;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from wsolbench import __version__
+
+#: subcommand -> "module:function"; plug-ins add more through wsolbench_register_commands
+COMMANDS = {
+    "run": ("wsolbench.commands.run:run", "Train and evaluate one method on one dataset."),
+    "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose built-in subcommands are imported on first use."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+        self._plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        from wsolbench.plugins import get_host
+
+        get_host().add_commands(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module_name, _, attr = self.lazy[name][0].partition(":")
+            return getattr(importlib.import_module(module_name), attr)
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._add_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._add_plugin_commands()
+        rows = [(name, help_) for name, (_, help_) in sorted(self.lazy.items())]
+        for name in super().list_commands(ctx):
+            if name not in self.lazy:
+                cmd = super().get_command(ctx, name)
+                rows.append((name, cmd.get_short_help_str() if cmd else ""))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else None
+        if name is not None and name not in self.list_commands(ctx) and not name.startswith("-"):
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wsolbench")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """wsolbench: train and compare weakly supervised object localization methods.
+
+    \b
+    Examples:
+      wsolbench list
+      wsolbench run                                   # min-max on the synthetic set (quick)
+      wsolbench run --method cam-avg --dataset synthetic --profile quick
+      wsolbench run --method minmax --dataset glas --data-root DATA/glas --profile paper
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug or os.environ.get("WSOLBENCH_DEBUG") == "1"
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    from wsolbench.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    from wsolbench.errors import UserError
+
+    warnings.showwarning = _show_warning
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("WSOLBENCH_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="wsolbench", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.secho("Aborted.", fg="red", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        if debug:
+            raise
+        click.secho(f"Error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.secho("Interrupted.", fg="red", err=True)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``wsolbench`` command line (imported lazily by :mod:`wsolbench.cli`)."""

@@ -1,0 +1,40 @@
+"""``wsolbench list``: fast, never imports torch."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("list")
+@click.argument("what", type=click.Choice(["all", "methods", "poolings", "datasets", "plugins"]), default="all")
+@click.argument("patterns", nargs=-1)
+def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
+    """List methods, poolings, datasets or plug-ins; PATTERNS are glob filters (e.g. 'cam-*')."""
+    from rich.table import Table
+
+    from wsolbench.console import out
+    from wsolbench.plugins import get_host
+
+    host = get_host()
+    globs = list(patterns) or ["*"]
+    kinds = {"methods": "method", "poolings": "pooling", "datasets": "dataset"}
+    shown = list(kinds) if what == "all" else [what] if what in kinds else []
+    for plural in shown:
+        registry = host.registry(kinds[plural])
+        table = Table(title=plural, title_justify="left", show_edge=False)
+        table.add_column("name", style="bold cyan")
+        table.add_column("summary")
+        table.add_column("plug-in", style="dim")
+        for entry in registry.entries(globs):
+            aliases = f" (alias: {', '.join(entry.aliases)})" if entry.aliases else ""
+            table.add_row(entry.name + aliases, entry.summary, f"{entry.distribution} {entry.version}")
+        out.print(table)
+    if what in ("plugins", "all"):
+        table = Table(title="plugins", title_justify="left", show_edge=False)
+        for col in ("name", "distribution", "version", "registers", "status"):
+            table.add_column(col)
+        for info in host.plugins:
+            registers = "; ".join(f"{k}s: {', '.join(v)}" for k, v in info.registered.items())
+            status = "[red]" + info.error + "[/red]" if info.error else "[green]loaded[/green]"
+            table.add_row(info.name, info.distribution, info.version, registers, status)
+        out.print(table)

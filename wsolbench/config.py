@@ -1,0 +1,362 @@
+"""Run configuration: dataclasses, profiles, TOML files and ``--set key=value`` overrides.
+
+Layers, later ones winning:
+
+1. the defaults of the dataclasses below;
+2. the global profile (``quick`` or ``paper``, :data:`PROFILES`);
+3. the dataset's ``profiles[profile]``;
+4. the method's ``profiles[profile]`` then ``profiles["<profile>/<dataset>"]``;
+5. the ``--config`` TOML file;
+6. command-line options (``--epochs``, ``--backbone`` ...);
+7. ``--set section.key=value`` (values in TOML syntax: ``--set train.lr=0.01``,
+   ``--set model.pretrained=false``, ``--set dataset.classes=3``).
+
+The sections are ``model``, ``train``, ``eval`` (fixed keys) and ``method``,
+``pooling``, ``dataset`` (the keys are the plug-in's ``defaults``). An unknown
+key is an error with a did-you-mean suggestion.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsolbench.errors import ConfigError, UnknownNameError
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    pooling: str | None = None  #: None: the method's default pooling
+    backbone_params: dict[str, Any] = field(default_factory=dict)  #: passed to timm.create_model
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-5
+    schedule: str = "step"  #: "step", "cosine" or "constant"
+    lr_step: int = 40  #: epochs between decays (step schedule)
+    lr_gamma: float = 0.1
+    lr_min: float = 1e-7
+    patience: int = 0  #: epochs without a better validation error before stopping; 0: never
+    num_workers: int = 0
+    amp: bool = True  #: mixed precision on CUDA (bf16 where supported, else fp16)
+    channels_last: bool = False
+    grad_clip: float = 0.0  #: max gradient norm; 0: off
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    threshold: float = 0.5
+    bins: int = 1000  #: histogram bins of PxAP and best-threshold metrics
+    every: int = 1  #: validate every N epochs
+    pad_multiple: int = 32
+
+
+@dataclass
+class RunConfig:
+    method: str = "minmax"
+    dataset: str = "synthetic"
+    profile: str = "quick"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    run_name: str | None = None
+    data_root: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method_params: dict[str, Any] = field(default_factory=dict)
+    pooling_params: dict[str, Any] = field(default_factory=dict)
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file shape (TOML or JSON): plug-in names inside their sections."""
+        d = dataclasses.asdict(self)
+        out: dict[str, Any] = {k: d[k] for k in TOP_KEYS}
+        out["method"] = {"name": self.method, **d["method_params"]}
+        out["dataset"] = {"name": self.dataset, **d["dataset_params"]}
+        out["pooling"] = dict(d["pooling_params"])
+        out["model"], out["train"], out["eval"] = d["model"], d["train"], d["eval"]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict` (no validation against plug-ins)."""
+        d = _normalise_layer(d)
+        method = dict(d.get("method", {}))
+        dataset = dict(d.get("dataset", {}))
+        return cls(
+            **{k: d[k] for k in TOP_KEYS if k in d},
+            method=method.pop("name", cls.method),
+            dataset=dataset.pop("name", cls.dataset),
+            model=ModelConfig(**d.get("model", {})),
+            train=TrainConfig(**d.get("train", {})),
+            eval=EvalConfig(**d.get("eval", {})),
+            method_params=method,
+            pooling_params=dict(d.get("pooling", {})),
+            dataset_params=dataset,
+        )
+
+
+#: top-level keys; ``method`` and ``dataset`` are sections whose ``name`` picks the plug-in
+TOP_KEYS = ("profile", "seed", "device", "output_dir", "run_name", "data_root")
+FIXED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+FREE_SECTIONS = ("method", "pooling", "dataset")
+
+#: global profiles; datasets and methods refine them with their own ``profiles``
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "model": {"backbone": "resnet18", "pretrained": False, "backbone_params": {"output_stride": 8}},
+        "train": {"epochs": 8, "batch_size": 16, "lr": 0.01, "schedule": "constant", "weight_decay": 1e-4},
+        "eval": {"batch_size": 32},
+    },
+    "paper": {
+        "model": {"backbone": "resnet18", "pretrained": True},
+        "train": {
+            "epochs": 400, "batch_size": 8, "lr": 1e-3, "momentum": 0.9, "nesterov": True,
+            "weight_decay": 1e-5, "schedule": "step", "lr_step": 40, "lr_gamma": 0.1, "lr_min": 1e-7,
+        },
+        "eval": {"batch_size": 1},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value in TOML syntax; bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "method.u=0"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (for example train.lr=0.01), got {item!r}")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node[parts[-1]] = parse_value(value.strip())
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _profile_layers(profiles: dict[str, dict[str, Any]], profile: str, dataset: str) -> list[dict[str, Any]]:
+    return [profiles[k] for k in (profile, f"{profile}/{dataset}") if k in profiles]
+
+
+def _normalise_layer(layer: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``method = "NAME"`` for ``[method] name = "NAME"`` (likewise dataset, pooling)."""
+    out = copy.deepcopy(layer)
+    for key in ("method", "dataset"):
+        if isinstance(out.get(key), str):
+            out[key] = {"name": out[key]}
+    pooling = out.get("pooling")
+    if isinstance(pooling, str):
+        out["pooling"] = pooling = {"name": pooling}
+    if isinstance(pooling, dict) and "name" in pooling:
+        out.setdefault("model", {})
+        if not isinstance(out["model"], dict):
+            raise ConfigError(f"[model] must be a section (table), got {out['model']!r}")
+        out["model"]["pooling"] = pooling.pop("name")
+    return out
+
+
+def resolve(
+    method: str | None = None,
+    dataset: str | None = None,
+    profile: str | None = None,
+    file: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Build the run configuration from all layers and validate every key.
+
+    ``options`` is a nested dict of command-line options in the file shape
+    (``None`` values are ignored); ``method``/``dataset``/``profile`` given
+    here win over the file but not over ``--set``.
+    """
+    from wsolbench.plugins import registry
+
+    file_layer = _normalise_layer(load_toml(file)) if file else {}
+    cli_layer = _normalise_layer(_drop_none(options or {}))
+    for key, value in (("method", method), ("dataset", dataset)):
+        if value is not None:
+            cli_layer.setdefault(key, {})["name"] = value
+    if profile is not None:
+        cli_layer["profile"] = profile
+    set_layer = _normalise_layer(parse_sets(sets or []))
+    user_layers = [file_layer, cli_layer, set_layer]
+    for layer in user_layers:
+        _validate_shape(layer)
+
+    # the identity first: it decides which profiles and plug-in defaults apply
+    chosen = {"method": RunConfig.method, "dataset": RunConfig.dataset, "profile": RunConfig.profile}
+    for layer in user_layers:
+        for key in ("method", "dataset"):
+            if "name" in layer.get(key, {}):
+                chosen[key] = layer[key]["name"]
+        if "profile" in layer:
+            chosen["profile"] = layer["profile"]
+    if chosen["profile"] not in PROFILES:
+        raise UnknownNameError("profile", str(chosen["profile"]), PROFILES)
+    method_cls = registry("method").resolve(chosen["method"])
+    dataset_cls = registry("dataset").resolve(chosen["dataset"])
+    method_entry = registry("method").get(chosen["method"])
+    dataset_entry = registry("dataset").get(chosen["dataset"])
+    chosen["method"], chosen["dataset"] = method_entry.name, dataset_entry.name
+
+    layers = [PROFILES[chosen["profile"]]]
+    layers += _profile_layers(getattr(dataset_cls, "profiles", {}), chosen["profile"], chosen["dataset"])
+    layers += _profile_layers(getattr(method_cls, "profiles", {}), chosen["profile"], chosen["dataset"])
+    layers = [_normalise_layer(layer) for layer in layers] + user_layers
+
+    base = dataclasses.asdict(RunConfig())
+    merged: dict[str, Any] = {k: base[k] for k in TOP_KEYS}
+    merged.update(model=base["model"], train=base["train"], eval=base["eval"])
+    merged.update(method=dict(method_cls.defaults), dataset=dict(dataset_cls.defaults), pooling={})
+    for layer in layers:
+        _validate_shape(layer)
+        merged = deep_merge(merged, layer)
+    merged["method"].pop("name", None)
+    merged["dataset"].pop("name", None)
+
+    pooling_name = merged["model"]["pooling"] or getattr(method_cls, "default_pooling", None)
+    pooling_defaults: dict[str, Any] = {}
+    if pooling_name is not None:
+        pooling_defaults = dict(registry("pooling").resolve(pooling_name).defaults)
+    merged["pooling"] = deep_merge(pooling_defaults, merged["pooling"])
+
+    _check_keys("method", merged["method"], method_cls.defaults, f"method {chosen['method']!r}")
+    _check_keys("dataset", merged["dataset"], dataset_cls.defaults, f"dataset {chosen['dataset']!r}")
+    _check_keys("pooling", merged["pooling"], pooling_defaults, f"pooling {pooling_name!r}")
+    for section, cls in FIXED_SECTIONS.items():
+        _check_keys(section, merged[section], dataclasses.asdict(cls()), f"[{section}]")
+    top_defaults = {k: base[k] for k in TOP_KEYS}
+    for key in TOP_KEYS:
+        if not _type_ok(merged[key], top_defaults[key]):
+            raise ConfigError(f"{key} = {merged[key]!r} has the wrong type: expected {type(base[key]).__name__}")
+
+    cfg = RunConfig(
+        **{k: merged[k] for k in TOP_KEYS},
+        method=chosen["method"],
+        dataset=chosen["dataset"],
+        model=ModelConfig(**merged["model"]),
+        train=TrainConfig(**merged["train"]),
+        eval=EvalConfig(**merged["eval"]),
+        method_params=merged["method"],
+        pooling_params=merged["pooling"],
+        dataset_params=merged["dataset"],
+    )
+    _check_values(cfg)
+    return cfg
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def _validate_shape(layer: dict[str, Any]) -> None:
+    known = set(TOP_KEYS) | set(FIXED_SECTIONS) | set(FREE_SECTIONS)
+    for key, value in layer.items():
+        if key not in known:
+            raise UnknownNameError("configuration key", key, sorted(known))
+        if (key in FIXED_SECTIONS or key in FREE_SECTIONS) and not isinstance(value, dict):
+            raise ConfigError(f"[{key}] must be a section (table), got {value!r}")
+
+
+def _check_keys(section: str, values: dict[str, Any], defaults: dict[str, Any], what: str) -> None:
+    for key, value in values.items():
+        if key not in defaults:
+            raise UnknownNameError(f"key for {what}", f"{section}.{key}", [f"{section}.{k}" for k in defaults])
+        default = defaults[key]
+        if not _type_ok(value, default):
+            raise ConfigError(
+                f"{section}.{key} = {value!r} has the wrong type: expected {type(default).__name__} "
+                f"like the default {default!r}"
+            )
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _check_values(cfg: RunConfig) -> None:
+    problems = []
+    t = cfg.train
+    if t.epochs < 0:
+        problems.append("train.epochs must be >= 0")
+    if t.batch_size < 1:
+        problems.append("train.batch_size must be >= 1")
+    if t.lr <= 0:
+        problems.append("train.lr must be > 0")
+    if t.schedule not in ("step", "cosine", "constant"):
+        problems.append(f"train.schedule must be step, cosine or constant, not {t.schedule!r}")
+    if cfg.eval.batch_size < 1:
+        problems.append("eval.batch_size must be >= 1")
+    if not 0 < cfg.eval.threshold < 1:
+        problems.append("eval.threshold must be in (0, 1)")
+    if cfg.eval.bins < 2:
+        problems.append("eval.bins must be >= 2")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        problems.append(f"device must be auto, cpu, cuda or cuda:N, not {cfg.device!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))

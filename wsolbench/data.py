@@ -1,0 +1,166 @@
+"""Turning a dataset's samples into tensors and batches.
+
+A dataset plug-in describes each split as a list of samples and a function that
+loads sample ``i`` as a ``(3,H,W)`` uint8 image, a ``(1,H,W)`` uint8 mask in
+{0,1} and a label; :class:`SampleDataset` applies the transforms, caches
+decoded images in memory if asked and names the file when one cannot be read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsolbench.errors import DataError
+from wsolbench.transforms import to_tv
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image on disk: its path, its mask's path (or ``None``), its label and id."""
+
+    image: str
+    mask: str | None
+    label: int
+    id: str
+
+
+Loaded = tuple[Tensor, Tensor, int]
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """``load(i) -> (image uint8 (3,H,W), mask uint8 (1,H,W), label)``, transformed."""
+
+    def __init__(
+        self,
+        length: int,
+        load: Callable[[int], Loaded],
+        transform: Callable[..., Any] | None,
+        ids: Sequence[str] | None = None,
+        cache: bool = False,
+    ):
+        self.length = length
+        self.load = load
+        self.transform = transform
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(length)]
+        self.cache: dict[int, Loaded] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def raw(self, index: int) -> Loaded:
+        if self.cache is not None:
+            if index not in self.cache:
+                self.cache[index] = self.load(index)
+            return self.cache[index]
+        return self.load(index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask, label = self.raw(index)
+        if self.transform is not None:
+            image, mask = self.transform(*to_tv(image, mask))
+        else:
+            image = image.float() / 255.0
+        return {
+            "image": image.as_subclass(Tensor) if hasattr(image, "as_subclass") else image,
+            "mask": mask.as_subclass(Tensor).float(),
+            "label": int(label),
+            "index": index,
+        }
+
+
+def read_image(path: str | os.PathLike) -> Tensor:
+    """An RGB image as a ``(3,H,W)`` uint8 tensor; a file that cannot be read raises DataError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+    except FileNotFoundError as exc:
+        raise DataError(f"image not found: {path}") from exc
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_mask_array(path: str | os.PathLike) -> np.ndarray:
+    """A mask file as a NumPy array of its raw values (grayscale or RGB)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except FileNotFoundError as exc:
+        raise DataError(f"mask not found: {path}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot read mask {path}: {exc}") from exc
+
+
+def check_sizes(image: Tensor, mask: Tensor, where: str | Path) -> None:
+    if tuple(image.shape[-2:]) != tuple(mask.shape[-2:]):
+        raise DataError(
+            f"mask size {tuple(mask.shape[-2:])} differs from image size {tuple(image.shape[-2:])}: {where}"
+        )
+
+
+def train_collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+
+
+def eval_collate(items: list[dict[str, Any]], multiple: int = 32) -> dict[str, Any]:
+    """Whole images of any size: reflect-pad each to a common size that is a multiple of ``multiple``.
+
+    ``sizes`` keeps each image's size before padding (maps are cropped back to
+    it) and ``masks`` stay a list at their own resolution.
+    """
+    hs = [it["image"].shape[-2] for it in items]
+    ws = [it["image"].shape[-1] for it in items]
+    height = -(-max(hs) // multiple) * multiple
+    width = -(-max(ws) // multiple) * multiple
+    images = []
+    for it in items:
+        img = it["image"]
+        ph, pw = height - img.shape[-2], width - img.shape[-1]
+        if ph or pw:
+            img = _pad_reflect(img, ph, pw)
+        images.append(img)
+    return {
+        "image": torch.stack(images),
+        "sizes": list(zip(hs, ws)),
+        "masks": [it["mask"] for it in items],
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+
+
+def _pad_reflect(img: Tensor, ph: int, pw: int) -> Tensor:
+    """Reflect-pad bottom/right, repeating the reflection when the pad exceeds the side."""
+    while ph > 0 or pw > 0:
+        step_h = min(ph, img.shape[-2] - 1)
+        step_w = min(pw, img.shape[-1] - 1)
+        img = F.pad(img.unsqueeze(0), (0, step_w, 0, step_h), mode="reflect").squeeze(0)
+        ph -= step_h
+        pw -= step_w
+    return img
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker seeding (NumPy and Python from torch's per-worker seed)."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

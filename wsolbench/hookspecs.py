@@ -1,0 +1,80 @@
+"""Hook specifications: the whole contract between wsolbench and its plug-ins.
+
+A plug-in is a module (or object) with functions named like the hooks below and
+decorated with :data:`hookimpl`::
+
+    from wsolbench import hookimpl
+
+    @hookimpl
+    def wsolbench_register_methods(register):
+        register("my-method", "my_package.method:MyMethod", summary="...")
+
+Plug-ins are found through the ``wsolbench`` entry-point group. An
+implementation may accept fewer arguments than its specification lists, so
+hooks can gain arguments without breaking plug-ins. Hooks never lose or rename
+arguments.
+
+Registration hooks receive a ``register`` callback rather than returning a list,
+so wsolbench validates each entry as it arrives and can say which plug-in it
+came from. ``register`` takes:
+
+``name``
+    The public name (lower case, words joined by ``-``), as typed on the
+    command line: ``wsolbench run --method NAME``.
+``factory``
+    The class to instantiate, or a ``"module:attribute"`` string naming it.
+    The string form is preferred: the module is imported only when the
+    entry is used, so ``wsolbench list`` and ``--help`` stay fast.
+``summary``
+    One line shown by ``wsolbench list``.
+``aliases``
+    Other names that resolve to the same entry.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "wsolbench"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def wsolbench_register_methods(register):
+    """Register WSOL methods.
+
+    Each factory must produce a :class:`wsolbench.interfaces.Method` when called
+    as ``factory(num_classes=K, **params)``; ``params`` are the method's
+    ``defaults`` after profile, configuration-file and ``--set method.KEY=VALUE``
+    overrides.
+    """
+
+
+@hookspec
+def wsolbench_register_poolings(register):
+    """Register pooling heads.
+
+    Each factory must produce a :class:`wsolbench.interfaces.Pooling` when
+    called as ``factory(num_classes=K, in_channels=C, **params)``.
+    """
+
+
+@hookspec
+def wsolbench_register_datasets(register):
+    """Register datasets.
+
+    Each factory must produce a :class:`wsolbench.interfaces.Dataset` when
+    called as ``factory(root=PATH_OR_NONE, seed=S, **params)``.
+    """
+
+
+@hookspec
+def wsolbench_register_commands(cli):
+    """Add subcommands to the ``wsolbench`` command line.
+
+    ``cli`` is the top-level :class:`click.Group`; call ``cli.add_command(cmd)``.
+    Keep heavy imports inside the command's function so ``wsolbench --help``
+    stays fast.
+    """

@@ -1,0 +1,225 @@
+"""The contracts every plug-in fulfils: :class:`Method`, :class:`Pooling`, :class:`Dataset`.
+
+Per-plug-in facts (does a method need pixel masks for training? gradients at
+inference? which pooling by default?) are class attributes here, never tables
+kept elsewhere.
+
+Batches are dictionaries:
+
+``image``  float tensor ``(N, 3, H, W)``, normalised.
+``label``  long tensor ``(N,)`` of class indices.
+``mask``   float tensor ``(N, 1, H, W)`` in {0, 1}; present in training batches
+           only for methods with ``needs_masks = True``.
+``index``  long tensor ``(N,)``: the samples' positions in their split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelSpec:
+    """What the run configuration says about the network (``[model]`` section)."""
+
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    pooling: str | None = None  #: ``None``: the method's ``default_pooling``
+    pooling_params: dict[str, Any] = field(default_factory=dict)
+    backbone_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    """What a training step reports: the scalar loss and named values to log."""
+
+    loss: Tensor
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
+    logits: Tensor | None = None  #: class scores on the batch, for the training error
+
+
+class Method(nn.Module):
+    """A WSOL method: its model, its training loss, its class prediction and its maps.
+
+    Subclasses set the class attributes and implement :meth:`training_loss`,
+    :meth:`predict` and :meth:`localize` (or :meth:`infer` for both at once).
+    They are built as ``Method(num_classes=K, model=ModelSpec(...), **params)``
+    where ``params`` are :attr:`defaults` after overrides.
+    """
+
+    #: one line for ``wsolbench list``
+    summary: ClassVar[str] = ""
+    #: training uses pixel masks (full supervision); only such methods receive them
+    needs_masks: ClassVar[bool] = False
+    #: :meth:`localize` needs autograd (e.g. Grad-CAM); evaluation enables it
+    needs_grad_at_inference: ClassVar[bool] = False
+    #: ``False`` for methods with nothing to train (they skip the training loop)
+    trainable: ClassVar[bool] = True
+    #: pooling used when the configuration names none (``None``: no pooling head)
+    default_pooling: ClassVar[str | None] = None
+    #: hyper-parameters and their defaults; the keys ``--set method.KEY=VALUE`` accepts
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: configuration overrides per profile, keyed ``"paper"`` or ``"paper/<dataset>"``;
+    #: values are nested dicts shaped like the TOML file (``{"train": {"lr": 0.01}}``)
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, num_classes: int, model: ModelSpec | None = None, **params: Any):
+        super().__init__()
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameters: {sorted(unknown)}")
+        self.num_classes = num_classes
+        self.model_spec = model or ModelSpec()
+        self.params = {**self.defaults, **params}
+
+    # -- identity --------------------------------------------------------------
+    @classmethod
+    def label(cls, name: str, params: dict[str, Any]) -> str:
+        """The row name used in reports; variants of one method override this."""
+        return name
+
+    # -- training --------------------------------------------------------------
+    def training_loss(self, batch: dict[str, Tensor]) -> StepOutput:
+        """The loss of one batch."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], backward: Callable[[Tensor], None]) -> StepOutput:
+        """Compute the batch loss and call ``backward`` on it.
+
+        The engine owns the optimizer step; methods that need several backward
+        passes per batch (gradient accumulation) override this and call
+        ``backward`` more than once.
+        """
+        out = self.training_loss(batch)
+        backward(out.loss)
+        return out
+
+    def parameter_groups(self) -> list[dict[str, Any]] | None:
+        """Optional optimizer parameter groups (``None``: all parameters, one group)."""
+        return None
+
+    # -- inference -------------------------------------------------------------
+    def predict(self, images: Tensor) -> Tensor:
+        """Class scores ``(N, K)``."""
+        raise NotImplementedError
+
+    def localize(self, images: Tensor, logits: Tensor | None = None) -> Tensor:
+        """One map per image, ``(N, H, W)`` in [0, 1] at the input resolution.
+
+        ``logits`` are this method's class scores for ``images`` when the caller
+        already has them (methods that localize the predicted class reuse them).
+        """
+        raise NotImplementedError
+
+    def infer(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits, maps)`` for evaluation; override to share one forward pass."""
+        logits = self.predict(images)
+        return logits, self.localize(images, logits)
+
+
+class Pooling(nn.Module):
+    """Turns maps into class scores.
+
+    ``forward(x)`` returns ``(scores, class_maps)``: scores ``(N, K)`` and one
+    map per class ``(N, K, h, w)`` (what localization reads).
+
+    A pooling with ``consumes_features = False`` receives per-class maps made by
+    a 1x1 convolution with ``num_classes * modalities`` output channels. One with
+    ``consumes_features = True`` (attention MIL) receives the backbone's
+    features, ``in_channels`` of them, and owns its parameters.
+    """
+
+    summary: ClassVar[str] = ""
+    consumes_features: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, num_classes: int, in_channels: int | None = None, **params: Any):
+        super().__init__()
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameters: {sorted(unknown)}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.params = {**self.defaults, **params}
+
+    @property
+    def modalities(self) -> int:
+        """Maps per class expected on input (1 unless the pooling says otherwise)."""
+        return 1
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class SplitInfo:
+    """Counts for one split (what ``data verify`` prints)."""
+
+    name: str
+    size: int
+    per_class: dict[str, int]
+
+
+class Dataset:
+    """A dataset: class names, splits of ``(image, label, mask)``, default transforms.
+
+    Built as ``Dataset(root=PATH_OR_NONE, seed=S, **params)``. :meth:`split`
+    returns a :class:`torch.utils.data.Dataset` whose items are dictionaries
+    ``{"image": (3,H,W) float, "label": int, "mask": (1,H',W') float, "index": int}``.
+    Training items are random crops and flips of equal size; evaluation items
+    are whole images (their masks at the original resolution, which can differ
+    from the image's when the evaluation transform resizes it).
+    """
+
+    summary: ClassVar[str] = ""
+    #: ``False`` for datasets that need no files (generated on the fly)
+    needs_root: ClassVar[bool] = True
+    #: where to obtain the data, shown when the root is missing
+    homepage: ClassVar[str] = ""
+    #: the expected layout below the root, shown when the root is wrong
+    layout: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    split_names: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
+
+    def __init__(self, root: str | None = None, seed: int = 0, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameters: {sorted(unknown)}")
+        self.root = root
+        self.seed = seed
+        self.params = {**self.defaults, **params}
+
+    @property
+    def classes(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str, train: bool | None = None) -> torch.utils.data.Dataset:
+        """The items of split ``name`` with training (``train=True``) or evaluation transforms.
+
+        ``train=None`` picks training transforms for ``"train"`` only.
+        """
+        raise NotImplementedError
+
+    def split_labels(self, name: str) -> list[int]:
+        """Labels of a split without decoding images (for counts and samplers)."""
+        raise NotImplementedError
+
+    def describe(self) -> list[SplitInfo]:
+        out = []
+        for name in self.split_names:
+            labels = self.split_labels(name)
+            counts = {c: 0 for c in self.classes}
+            for y in labels:
+                counts[self.classes[y]] += 1
+            out.append(SplitInfo(name, len(labels), counts))
+        return out

@@ -1,0 +1,161 @@
+"""Metrics, paper protocol first.
+
+All localization metrics read maps in [0, 1] and ground-truth masks at the same
+resolution; foreground is ``mask >= 0.5``.
+
+``cl_error``
+    Classification error, percent of misclassified images.
+``f1_pos`` / ``f1_neg`` (the paper's protocol)
+    The map is binarised at ``threshold`` (0.5). Per image, Dice of the
+    predicted and true foreground (F1+) and of their complements (F1-); then
+    the mean over images, x100. Dice of two empty sets is defined as 1 (the
+    prediction agrees with the truth): an image without foreground scores
+    F1+ = 100 when nothing is predicted and 0 otherwise; likewise F1- for an
+    image that is all foreground.
+``pxap``
+    Pixel average precision (Choe et al., CVPR 2020, "wsolevaluation"): over
+    the whole set, histograms of map values at foreground and background
+    pixels in fixed bins of width ``1/bins`` (a value of exactly 1 has its own
+    bin); each bin's lower edge is a threshold; precision and recall at every
+    threshold from the reversed cumulative sums; AP = sum of precision x
+    recall increments, x100. O(pixels + bins).
+``dice_best`` / ``iou_best`` / ``threshold_best`` (a different protocol)
+    Dice and IoU of all pixels of the set pooled together, at the single
+    threshold (of the same grid) that maximises pooled Dice. NOT comparable
+    with the per-image F1 at 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+METRIC_DESCRIPTIONS = {
+    "cl_error": "classification error (%)",
+    "f1_pos": "per-image Dice of the foreground at threshold 0.5, mean over images (x100)",
+    "f1_neg": "per-image Dice of the background at threshold 0.5, mean over images (x100)",
+    "pxap": "pixel average precision over the set, fixed-bin histograms (x100)",
+    "dice_best": "pooled Dice at the best threshold (x100), a different protocol from F1 at 0.5",
+    "iou_best": "pooled IoU at the threshold of dice_best (x100)",
+    "threshold_best": "the threshold that maximises pooled Dice",
+}
+
+
+def classification_error(logits_or_preds: Tensor, labels: Tensor) -> float:
+    preds = logits_or_preds.argmax(dim=1) if logits_or_preds.dim() == 2 else logits_or_preds
+    return 100.0 * (preds != labels).float().mean().item() if labels.numel() else 0.0
+
+
+def dice(pred: Tensor, gt: Tensor) -> Tensor:
+    """Dice of boolean masks ``(N, ...)`` per sample; 1 where both are empty."""
+    pred = pred.flatten(1)
+    gt = gt.flatten(1)
+    inter = (pred & gt).sum(1).double()
+    total = pred.sum(1).double() + gt.sum(1).double()
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
+@dataclass
+class LocalizationAccumulator:
+    """Accumulates per-image F1 and set-level histograms; ``compute()`` gives the metrics.
+
+    ``update`` takes maps and masks of one image or a batch of equal size;
+    everything stays on the maps' device until ``compute``.
+    """
+
+    bins: int = 1000
+    threshold: float = 0.5
+    f1_pos: list[Tensor] = field(default_factory=list)
+    f1_neg: list[Tensor] = field(default_factory=list)
+    hist_fg: Tensor | None = None
+    hist_bg: Tensor | None = None
+
+    def update(self, maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """Add images; returns their per-image ``(f1_pos, f1_neg)`` in percent."""
+        if maps.dim() == 2:
+            maps, masks = maps.unsqueeze(0), masks.unsqueeze(0)
+        masks = masks.reshape(maps.shape)
+        maps = maps.float()
+        gt = masks >= 0.5
+        pred = maps >= self.threshold
+        pos = 100.0 * dice(pred, gt)
+        neg = 100.0 * dice(~pred, ~gt)
+        self.f1_pos.append(pos)
+        self.f1_neg.append(neg)
+        idx = (maps.clamp(0, 1) * self.bins).floor().long().clamp_(0, self.bins)
+        fg = torch.bincount(idx[gt], minlength=self.bins + 1)
+        bg = torch.bincount(idx[~gt], minlength=self.bins + 1)
+        self.hist_fg = fg if self.hist_fg is None else self.hist_fg + fg
+        self.hist_bg = bg if self.hist_bg is None else self.hist_bg + bg
+        return pos, neg
+
+    def merge(self, other: LocalizationAccumulator) -> None:
+        self.f1_pos += other.f1_pos
+        self.f1_neg += other.f1_neg
+        for name in ("hist_fg", "hist_bg"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(self, name, theirs if mine is None else (mine if theirs is None else mine + theirs.to(mine)))
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(x) for x in self.f1_pos)
+
+    def compute(self) -> dict[str, float]:
+        if self.hist_fg is None:
+            return {"f1_pos": float("nan"), "f1_neg": float("nan"), "pxap": float("nan"), "n_images": 0}
+        out = {
+            "f1_pos": torch.cat(self.f1_pos).mean().item(),
+            "f1_neg": torch.cat(self.f1_neg).mean().item(),
+        }
+        out.update(histogram_metrics(self.hist_fg, self.hist_bg))
+        out["n_images"] = self.n_images
+        return out
+
+
+def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor) -> dict[str, float]:
+    """PxAP and best-threshold pooled Dice/IoU from fixed-bin histograms.
+
+    ``hist_*[j]`` counts pixels whose bin index is ``j`` (value in
+    ``[j/B, (j+1)/B)``, ``j = B`` for a value of 1). Threshold ``j/B`` calls
+    positive every pixel with bin index ``>= j``.
+    """
+    bins = hist_fg.numel() - 1
+    fg = hist_fg.double().cpu()
+    bg = hist_bg.double().cpu()
+    tp = fg.flip(0).cumsum(0)  # thresholds from high (index B) to low (index 0)
+    fp = bg.flip(0).cumsum(0)
+    n_fg = fg.sum()
+    predicted = tp + fp
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    if n_fg > 0:
+        recall = tp / n_fg
+        steps = torch.diff(recall, prepend=recall.new_zeros(1))
+        pxap = 100.0 * (precision * steps).sum().item()
+    else:
+        pxap = float("nan")
+    fn = n_fg - tp
+    denom = 2 * tp + fp + fn
+    dices = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
+    best = int(torch.argmax(dices).item())
+    union = tp + fp + fn
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.ones_like(tp))
+    return {
+        "pxap": pxap,
+        "dice_best": 100.0 * dices[best].item(),
+        "iou_best": 100.0 * iou[best].item(),
+        "threshold_best": (bins - best) / bins,
+    }
+
+
+def precision_recall_curve(hist_fg: Tensor, hist_bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(thresholds, precision, recall)`` from high to low threshold, for plots."""
+    bins = hist_fg.numel() - 1
+    fg, bg = hist_fg.double().cpu(), hist_bg.double().cpu()
+    tp, fp = fg.flip(0).cumsum(0), bg.flip(0).cumsum(0)
+    predicted = tp + fp
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.ones_like(tp))
+    recall = tp / fg.sum().clamp_min(1)
+    thresholds = torch.arange(bins, -1, -1, dtype=torch.float64) / bins
+    return thresholds, precision, recall

@@ -1,0 +1,226 @@
+"""The plugin manager: built-in plug-ins first, then the ``wsolbench`` entry points.
+
+Environment variables:
+
+``WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD=1``
+    Load only the built-in plug-ins (no third-party code runs).
+``WSOLBENCH_PLUGINS=name1,name2``
+    Load only these third-party plug-ins (entry-point names or distribution names).
+
+A third-party plug-in that fails to import, fails inside a registration hook or
+registers a name that is already taken is skipped as a whole, with a
+:class:`PluginWarning` naming the distribution and the error; every other
+plug-in keeps working. A problem inside the built-ins is raised, since it is a
+bug in wsolbench itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import warnings
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from wsolbench import __version__, hookspecs
+from wsolbench.errors import DuplicateNameError
+from wsolbench.registry import Entry, Registry
+
+ENTRY_POINT_GROUP = "wsolbench"
+DISABLE_AUTOLOAD_ENV = "WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD"
+ALLOW_LIST_ENV = "WSOLBENCH_PLUGINS"
+
+#: Built-in plug-in modules, loaded in this order before any third-party plug-in.
+BUILTIN_PLUGINS = (
+    "wsolbench_plugins.poolings",
+    "wsolbench_plugins.methods",
+    "wsolbench_plugins.datasets",
+)
+
+#: registration hook name -> registry kind
+REGISTRATION_HOOKS = {
+    "wsolbench_register_methods": "method",
+    "wsolbench_register_poolings": "pooling",
+    "wsolbench_register_datasets": "dataset",
+}
+
+
+class PluginWarning(UserWarning):
+    """A third-party plug-in could not be loaded; the others still work."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``wsolbench list plugins`` shows about one plug-in."""
+
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class PluginHost:
+    """The loaded plug-ins and the registries they filled."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registries = {kind: Registry(kind) for kind in REGISTRATION_HOOKS.values()}
+        self.plugins: list[PluginInfo] = []
+
+    # -- loading -------------------------------------------------------------
+    def load_builtins(self) -> None:
+        for module_name in BUILTIN_PLUGINS:
+            module = importlib.import_module(module_name)
+            info = PluginInfo(module_name.rsplit(".", 1)[-1], "wsolbench", __version__, builtin=True)
+            self._register_plugin(module, info, strict=True)
+
+    def load_entry_points(self) -> None:
+        allow = _allow_list()
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            version = ep.dist.version if ep.dist is not None else "?"
+            if _normalise(dist) == "wsolbench":
+                continue  # the built-ins are already loaded
+            if allow is not None and ep.name not in allow and _normalise(dist) not in allow:
+                continue
+            info = PluginInfo(ep.name, dist, version, builtin=False)
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported
+                self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            self._register_plugin(module, info, strict=False)
+        self.pm.check_pending()
+
+    def _register_plugin(self, module: ModuleType | Any, info: PluginInfo, strict: bool) -> None:
+        staged: list[tuple[str, Entry]] = []
+        try:
+            self.pm.register(module, name=f"{info.distribution}:{info.name}")
+        except Exception as exc:  # noqa: BLE001
+            if strict:
+                raise
+            self._fail(info, f"not a valid plug-in: {type(exc).__name__}: {exc}")
+            return
+        try:
+            for hook_name, kind in REGISTRATION_HOOKS.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is not module:
+                        continue
+                    register = _make_register(kind, info, staged)
+                    kwargs = {"register": register}
+                    impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            for kind, entry in staged:  # dry run: detect duplicates before committing anything
+                _check_free(self.registries[kind], entry, staged)
+        except Exception as exc:  # noqa: BLE001
+            self.pm.unregister(module)
+            if strict:
+                raise
+            self._fail(info, f"{type(exc).__name__}: {exc}")
+            return
+        for kind, entry in staged:
+            self.registries[kind].add(entry)
+            info.registered.setdefault(kind, []).append(entry.name)
+        self.plugins.append(info)
+
+    def _fail(self, info: PluginInfo, error: str) -> None:
+        info.error = error
+        self.plugins.append(info)
+        warnings.warn(
+            f"plug-in {info.name!r} from {info.distribution} {info.version} was not loaded: {error}",
+            PluginWarning,
+            stacklevel=3,
+        )
+
+    # -- use -----------------------------------------------------------------
+    def registry(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def add_commands(self, cli: Any) -> None:
+        """Let plug-ins add subcommands to the command line."""
+        for impl in self.pm.hook.wsolbench_register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(f"plug-in {impl.plugin_name} failed to add commands: {exc}", PluginWarning)
+
+    def loaded_versions(self) -> dict[str, str]:
+        """``{distribution: version}`` of every loaded plug-in (for manifests)."""
+        return {p.distribution: p.version for p in self.plugins if p.error is None}
+
+    def entry_for(self, kind: str, name: str) -> Entry:
+        return self.registries[kind].get(name)
+
+
+def _make_register(kind: str, info: PluginInfo, staged: list[tuple[str, Entry]]):
+    def register(name, factory, *, summary: str = "", aliases=()):  # noqa: ANN001
+        if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
+            raise TypeError(f"{kind} {name!r}: factory must be callable or a 'module:attr' string")
+        staged.append(
+            (
+                kind,
+                Entry(
+                    name=name,
+                    factory=factory,
+                    summary=summary,
+                    aliases=tuple(aliases),
+                    plugin=info.name,
+                    distribution=info.distribution,
+                    version=info.version,
+                ),
+            )
+        )
+
+    return register
+
+
+def _check_free(registry: Registry, entry: Entry, staged: list[tuple[str, Entry]]) -> None:
+    names = (entry.name, *entry.aliases)
+    for name in names:
+        if name in registry:
+            other = registry.get(name)
+            raise DuplicateNameError(
+                f"{registry.kind} name {name!r} is registered twice: by {other.source} and by {entry.source}"
+            )
+    for kind, other in staged:
+        if other is not entry and kind == registry.kind and set(names) & {other.name, *other.aliases}:
+            raise DuplicateNameError(f"{registry.kind} name {entry.name!r} is registered twice by {entry.source}")
+
+
+def _allow_list() -> set[str] | None:
+    raw = os.environ.get(ALLOW_LIST_ENV)
+    if raw is None:
+        return None
+    return {_normalise(x) for x in raw.replace(";", ",").split(",") if x.strip()} | {
+        x.strip() for x in raw.split(",") if x.strip()
+    }
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host(reload: bool = False) -> PluginHost:
+    """The process-wide plugin host, built on first use."""
+    global _HOST
+    if _HOST is None or reload:
+        host = PluginHost()
+        host.load_builtins()
+        if os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes"):
+            host.load_entry_points()
+        _HOST = host
+    return _HOST
+
+
+def registry(kind: str) -> Registry:
+    """The registry of ``method``, ``pooling`` or ``dataset`` names."""
+    return get_host().registry(kind)
