@@ -66,7 +66,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    method: str = "minmax"
+    method: str = "cam-avg"
     dataset: str = "synthetic"
     profile: str = "quick"
     seed: int = 0

@@ -10,6 +10,7 @@ import click
 @click.argument("patterns", nargs=-1)
 def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
     """List methods, poolings, datasets or plug-ins; PATTERNS are glob filters (e.g. 'cam-*')."""
+    from rich.markup import escape
     from rich.table import Table
 
     from wsolbench.console import out
@@ -35,6 +36,6 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
             table.add_column(col)
         for info in host.plugins:
             registers = "; ".join(f"{k}s: {', '.join(v)}" for k, v in info.registered.items())
-            status = "[red]" + info.error + "[/red]" if info.error else "[green]loaded[/green]"
+            status = f"[red]{escape(info.error)}[/red]" if info.error else "[green]loaded[/green]"
             table.add_row(info.name, info.distribution, info.version, registers, status)
         out.print(table)
