@@ -49,7 +49,7 @@ NATURAL_QUICK = {"min_short": 0, "resize_short": 128, "crop_size": 112}
 
 # -- splits -------------------------------------------------------------------------
 def ceil_share(n: int, fraction: float) -> int:
-    """``ceil(n * fraction)`` in exact arithmetic (``0.2 * 30`` is 6, where floats give 7)."""
+    """``ceil(n * fraction)`` in exact decimal arithmetic, so float rounding never adds an image."""
     share = Fraction(str(fraction))
     return -((-n * share.numerator) // share.denominator)
 
