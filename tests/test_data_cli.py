@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from fixture_trees import GLAS_TEST, make_glas
 
 from wsolbench.cli import main
@@ -55,10 +54,9 @@ def test_verify_and_run_on_glas_tree(tmp_path, capsys):
     assert rows["train"] == ["│", "10", "│", "5", "│", "5", "│"] and rows["test"][1] == "4"
     assert "train 8 / valid 2 / test 4" in out and "14 images and their masks" in out
 
-    # a run in a fresh interpreter, like a user's
-    proc = run_cli("run", "--method", "cam-avg", "--dataset", "glas", "--data-root", str(root), "-q",
-                   "--output-dir", str(tmp_path / "runs"), "--run-name", "g", *TINY_GLAS)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = cli(capsys, "run", "--method", "cam-avg", "--dataset", "glas", "--data-root", str(root), "-q",
+                       "--output-dir", str(tmp_path / "runs"), "--run-name", "g", *TINY_GLAS)
+    assert code == 0, err
     results = json.loads((tmp_path / "runs" / "g" / "results.json").read_text())
     assert results["n_images"] == len(GLAS_TEST)
     with open(tmp_path / "runs" / "g" / "per_image.csv") as f:
