@@ -77,7 +77,7 @@ def test_missing_or_wrong_data_root(tmp_path, capsys):
     code, _, err = cli(capsys, "run", "--method", "cam-avg", "--dataset", "oxf", "--data-root", str(tmp_path / "no"))
     assert code == 2 and str(tmp_path / "no") in err and "setid.mat" in err
     code, _, err = cli(capsys, "run", "--method", "cam-avg", "--dataset", "glas", "--data-root", str(tmp_path))
-    assert code == 2 and f"{tmp_path} does not look like GlaS: missing Grade.csv" in err
+    assert code == 2 and f"{tmp_path} is not laid out as GlaS expects: missing Grade.csv" in err
     assert "Expected layout" in err and "warwick" in err
     code, _, err = cli(capsys, "data", "verify", "oxf", "--data-root", str(tmp_path))
     assert code == 2 and "imagelabels.mat" in err and "wsolbench data download oxf" in err

@@ -273,7 +273,7 @@ class FileDataset(Dataset):
                 what = f"the data root {root} of dataset {self.name!r} does not exist."
             else:
                 names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in missing)
-                what = f"{root} does not look like {self.title}: missing {names}."
+                what = f"{root} is not laid out as {self.title} expects: missing {names}."
             raise DataError(self._where_to_get(what))
 
     # -- splits --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def subfolders(folder: Path) -> list[str]:
 
 
 class Folder(FileDataset):
-    title = "a folder dataset"
+    title = "the folder dataset"
     name = "folder"
     summary = "your own data: images in class folders, masks in a parallel tree (no code to write)"
     layout = """\

@@ -54,7 +54,8 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
         )
     if not report.counts:  # the layout is wrong: one problem that says what is expected
         raise DataError(report.problems[0])
-    out.print(f"[bold]{dataset.title}[/bold] at {data_root}: {report.total} images, {len(report.classes)} classes")
+    title = dataset.title[:1].upper() + dataset.title[1:]
+    out.print(f"[bold]{title}[/bold] at {data_root}: {report.total} images, {len(report.classes)} classes")
     out.print(_table(report.classes, report.counts))
     sizes = " / ".join(f"{k} {v}" for k, v in report.run_sizes.items())
     p = dataset.params
