@@ -127,9 +127,11 @@ def download_cmd(name: str, dest: str, mirror: str | None) -> None:
     if not resources:
         if not getattr(cls, "needs_root", True):
             raise DataError(f"dataset {entry.name!r} is generated on the fly: there is nothing to download.")
-        where = f" Get it from {cls.homepage}" if getattr(cls, "homepage", "") else ""
-        layout = f" and point --data-root at a folder laid out as:\n{cls.layout}" if getattr(cls, "layout", "") else ""
-        raise DataError(f"dataset {entry.name!r} has no download that wsolbench can fetch.{where}{layout}")
+        steps = [f"Get it from {cls.homepage}"] if getattr(cls, "homepage", "") else []
+        if getattr(cls, "layout", ""):
+            steps.append(f"point --data-root at a folder laid out as:\n{cls.layout}")
+        how = " and ".join(steps)
+        raise DataError(f"dataset {entry.name!r} has no download that wsolbench can fetch. {how[:1].upper()}{how[1:]}")
     target = Path(dest)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err) as progress:
