@@ -185,7 +185,7 @@ class FileDataset(Dataset):
     defaults: ClassVar[dict[str, Any]] = {
         "split_dir": "",  #: folder of reference split CSV files; "": the official split + validation hold-out
         "valid_fraction": 0.2,  #: share of each class's training images held out for validation (rounded up)
-        "split_seed": 0,  #: seed of the validation hold-out (fixed, so every run sees the same split)
+        "split_seed": 0,  #: seed of the random hold-outs and max_per_class (fixed: every run sees the same split)
         "max_per_class": 0,  #: keep at most this many images of each class in every split (0: all)
         "cache_images": 1000,  #: keep decoded images in memory for splits of at most this many images
         "normalize": "half",  #: "half" (mean = std = 0.5, the paper) or "imagenet"
