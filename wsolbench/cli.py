@@ -22,6 +22,7 @@ from wsolbench import __version__
 COMMANDS = {
     "run": ("wsolbench.commands.run:run", "Train and evaluate one method on one dataset."),
     "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
+    "data": ("wsolbench.commands.data:data", "Check a dataset on disk or download its official files."),
 }
 
 

@@ -16,6 +16,15 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # A DataLoader worker re-raises an error as ``type("Caught X in DataLoader worker
+        # process N.\nOriginal Traceback ...\n<module>.X: message")``: keep the message.
+        text = super().__str__()
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if text.startswith(f"Caught {type(self).__name__} ") and marker in text:
+            return text.split(marker, 1)[1].strip()
+        return text
+
 
 class UnknownNameError(UserError, KeyError):
     """A name that is not registered (method, pooling, dataset, config key)."""

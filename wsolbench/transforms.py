@@ -18,6 +18,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
+#: channel normalisations by name: ``(mean, std)``; ``half`` is the paper's (mean = std = 0.5)
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": (HALF, HALF)}
+
 
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
     return [
@@ -75,13 +78,16 @@ def train_transform(
 
 def eval_transform(
     resize_short: int | None = None,
+    min_short: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Transform:
-    """Whole images for evaluation; the mask is left at its original size."""
+    """Whole images for evaluation, resized like the training images; the mask keeps its original size."""
     steps: list[Any] = []
     if resize_short:
         steps.append(_ImageOnly(v2.Resize(resize_short, antialias=True)))
+    if min_short:
+        steps.append(_ImageOnly(MinShortSide(min_short)))
     return v2.Compose(steps + _normalize(mean, std))
 
 
