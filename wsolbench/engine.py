@@ -360,8 +360,6 @@ def run(
     ``resume_from`` (see :func:`resume`) continues that run directory from its
     ``last.pt`` instead of creating a new one.
     """
-    from wsolbench import runs
-
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     dataset = build_dataset(cfg)
@@ -371,25 +369,10 @@ def run(
         method = method.to(memory_format=torch.channels_last)
     train_split, valid_split, test_split = (dataset.split(s) for s in ("train", "valid", "test"))
     if resume_from is None:
-        runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
-        name = cfg.run_name or runs.RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
-        run_dir = runs.RunDir.create(cfg.output_dir, name)
-        config_dict = cfg.to_dict()
-        run_dir.write_config(config_dict)
-        manifest = runs.new_manifest(config_dict, str(device), argv)
-        manifest["method_label"] = method_label(cfg)
-        run_dir.write_manifest(manifest)
-        checkpoint = None
+        run_dir, checkpoint = _create_run_dir(cfg, device, argv), None
     else:
         run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
-        runs.check_free_space(run_dir.path, cfg.train.min_free_mb)
-        resumed = run_dir.read_manifest().get("resumed", [])
-        resumed.append({
-            "at": runs.now(), "from_epoch": checkpoint["epoch"] + 1 if checkpoint else 0,
-            "previous_status": resume_from.previous_status, "command": " ".join(argv or []),
-            "versions": runs.environment(),
-        })
-        run_dir.update_manifest(status="running", finished=None, error=None, resumed=resumed)
+        resume_from.mark_running(argv)
     try:
         results = _train_and_test(
             cfg, dataset, method, device, (train_split, valid_split, test_split), run_dir, quiet, checkpoint
@@ -402,6 +385,20 @@ def run(
         raise
     run_dir.release()
     return RunResult(run_dir, results, cfg)
+
+
+def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None) -> Any:
+    from wsolbench import runs
+
+    runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
+    name = cfg.run_name or runs.RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
+    run_dir = runs.RunDir.create(cfg.output_dir, name)
+    config_dict = cfg.to_dict()
+    run_dir.write_config(config_dict)
+    manifest = runs.new_manifest(config_dict, str(device), argv)
+    manifest["method_label"] = method_label(cfg)
+    run_dir.write_manifest(manifest)
+    return run_dir
 
 
 def resume(path: str, argv: list[str] | None = None, quiet: bool = False) -> RunResult:
@@ -508,7 +505,9 @@ def _train_and_test(
                     progress.update(epoch_task, advance=1, info=info)
                 if state.stopped_early(cfg.train.patience):
                     if not quiet:
-                        err.print(f"early stop at epoch {epoch + 1}: no better validation error for {state.stale} epochs")
+                        err.print(
+                            f"early stop at epoch {epoch + 1}: no better validation error for {state.stale} epochs"
+                        )
                     break
             load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
         else:

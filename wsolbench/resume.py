@@ -148,6 +148,21 @@ class ResumePoint:
     checkpoint: dict[str, Any] | None
     previous_status: str
 
+    def mark_running(self, argv: list[str] | None = None) -> None:
+        """Set the manifest back to ``running`` and record this resume (time, epoch, command, versions)."""
+        from wsolbench import runs
+
+        runs.check_free_space(self.run_dir.path, self.config.train.min_free_mb)
+        resumed = self.run_dir.read_manifest().get("resumed", [])
+        resumed.append({
+            "at": runs.now(),
+            "from_epoch": self.checkpoint["epoch"] + 1 if self.checkpoint else 0,
+            "previous_status": self.previous_status,
+            "command": " ".join(argv or []),
+            "versions": runs.environment(),
+        })
+        self.run_dir.update_manifest(status="running", finished=None, error=None, resumed=resumed)
+
 
 def open_run(path: str | Path) -> ResumePoint:
     """Check and lock ``path`` for resuming; repair what a kill can leave behind.
