@@ -419,6 +419,11 @@ def _mark_stopped(run_dir: Any, status: str, reason: str) -> None:
     with contextlib.suppress(Exception):
         run_dir.update_manifest(status=status, finished=runs.now(), error=reason)
     run_dir.release()
+    if status == "interrupted":
+        from wsolbench.console import err
+
+        err.print(f"{reason}; finished epochs are kept. Continue with: wsolbench run --resume {run_dir.path}",
+                  soft_wrap=True)
 
 
 def _train_and_test(
