@@ -102,9 +102,9 @@ def check_free_space(path: str | os.PathLike, reserve_mb: float, write_bytes: in
     free = free_mb(path)
     need = reserve_mb + write_bytes / 2**20
     if free < need:
-        what = f"writing {write_bytes / 2**20:.1f} MiB would leave" if write_bytes else "there is"
+        what = f"; writing {write_bytes / 2**20:.1f} MiB would leave" if write_bytes else ","
         raise DiskFullError(
-            f"too little disk space for {path}: {free:.0f} MiB free, and {what} less than the "
+            f"too little disk space for {path}: {free:.0f} MiB free{what} less than the "
             f"{reserve_mb:g} MiB reserve (setting train.min_free_mb). Free some space or choose another "
             f"--output-dir; a run stopped for this continues with `wsolbench run --resume RUN_DIR`."
         )

@@ -99,10 +99,10 @@ def _resume(resume_dir: str, quiet: bool) -> None:
     from wsolbench.console import err
 
     if runs.is_complete(resume_dir):
-        err.print(f"run {resume_dir} is already complete; nothing to resume")
+        err.print(f"run {resume_dir} is already complete; nothing to resume", soft_wrap=True)
         print_results(runs.RunDir(resume_dir).read_results(), resume_dir)
         return
-    err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}")
+    err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}", soft_wrap=True)
     with _sigterm_interrupts():
         result = engine.resume(resume_dir, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
     print_results(result.results, str(result.run_dir.path))
