@@ -24,9 +24,17 @@ RESULT_KEYS = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", 
 
 @contextlib.contextmanager
 def plugin_host():
-    """A plugin host with the built-ins, the installed plug-ins and the test plug-in, for this process."""
+    """A plugin host with the built-ins, the installed plug-ins and the test plug-in, for this process.
+
+    Torch runs on one thread meanwhile (and in :func:`subprocess_env`): these
+    tensors are tiny, and two threads on a busy two-core machine mostly wait
+    for each other. Runs compared for equality use the same thread count.
+    """
+    import torch
+
     import wsolbench.plugins as plugins
 
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(PLUGIN_SITE))
         host = plugins.PluginHost()
@@ -34,7 +42,11 @@ def plugin_host():
         host.load_entry_points()
         assert "fault-cam" in host.registry("method")
         mp.setattr(plugins, "_HOST", host)
-        yield host
+        torch.set_num_threads(1)
+        try:
+            yield host
+        finally:
+            torch.set_num_threads(threads)
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -54,7 +66,7 @@ def cli(*args: str) -> tuple[int, str]:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a ``wsolbench`` subprocess that sees the test plug-in."""
     path = os.pathsep.join(p for p in (str(PLUGIN_SITE), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
 def read_json(path: Path) -> dict:

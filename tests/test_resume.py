@@ -195,3 +195,63 @@ def test_a_full_disk_fails_the_run_keeps_its_epochs_and_it_resumes(tmp_path, hos
     assert code == 0, err
     assert outcome(run) == outcome(reference)
     assert read_json(run / "manifest.json")["resumed"][0]["previous_status"] == "failed"
+
+
+# -- the pieces ---------------------------------------------------------------------
+def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
+    import io
+    import random
+
+    import numpy as np
+
+    from wsolbench.resume import rng_state, set_rng_state
+
+    def draw():
+        return torch.rand(3).tolist(), np.random.standard_normal(3).tolist(), [random.random() for _ in range(3)]
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    np.random.standard_normal()  # leaves a cached Gaussian, part of NumPy's state
+    buf = io.BytesIO()
+    torch.save({"rng": rng_state()}, buf)
+    expected = draw()
+    assert draw() != expected
+    buf.seek(0)
+    set_rng_state(torch.load(buf, weights_only=True)["rng"])
+    assert draw() == expected
+
+
+def test_epoch_seeds_depend_on_seed_and_epoch_only():
+    from wsolbench.resume import epoch_seed
+
+    seeds = {epoch_seed(s, e) for s in (0, 1, -1) for e in range(50)}
+    assert len(seeds) == 150 and all(0 <= x < 2**64 for x in seeds)
+    assert epoch_seed(3, 7) == epoch_seed(3, 7)
+
+
+def test_is_complete(tmp_path, reference):
+    assert runs.is_complete(reference)
+    run = Path(shutil.copytree(reference, tmp_path / "copy"))
+    runs.RunDir(run).update_manifest(status="interrupted")
+    assert not runs.is_complete(run)
+    runs.RunDir(run).update_manifest(status="completed")
+    (run / "results.json").unlink()
+    assert not runs.is_complete(run) and not runs.is_complete(tmp_path / "absent")
+
+
+def test_a_checkpoint_that_would_fill_the_disk_is_not_written(tmp_path, monkeypatch):
+    import errno
+
+    run = runs.RunDir(tmp_path)
+    run.save_checkpoint("last.pt", {"epoch": 0})
+    monkeypatch.setattr(runs, "free_mb", lambda path: 50.0)
+    with pytest.raises(runs.DiskFullError, match="50 MiB free; writing 0.0 MiB would leave less than the 100 MiB"):
+        run.save_checkpoint("last.pt", {"epoch": 1}, reserve_mb=100)
+    assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 0}
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", no_space)
+    with pytest.raises(runs.DiskFullError, match="the disk is full: cannot write .*last.pt.*--resume"):
+        run.save_checkpoint("last.pt", {"epoch": 1})
+    assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 0}
