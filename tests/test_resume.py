@@ -255,3 +255,18 @@ def test_a_checkpoint_that_would_fill_the_disk_is_not_written(tmp_path, monkeypa
     with pytest.raises(runs.DiskFullError, match="the disk is full: cannot write .*last.pt.*--resume"):
         run.save_checkpoint("last.pt", {"epoch": 1})
     assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 0}
+
+
+def test_tuples_in_the_configuration_do_not_look_like_an_edited_run(tmp_path, host, reference):
+    """config.json stores a tuple setting as a list; last.pt keeps the tuple."""
+    from wsolbench.resume import open_run
+
+    run = Path(shutil.copytree(reference, tmp_path / "copy"))
+    last = torch.load(run / "last.pt", weights_only=True)
+    last["config"]["model"]["backbone_params"]["out_indices"] = (4,)
+    torch.save(last, run / "last.pt")
+    config = read_json(run / "config.json")
+    config["model"]["backbone_params"]["out_indices"] = [4]
+    (run / "config.json").write_text(json.dumps(config))
+    runs.RunDir(run).update_manifest(status="interrupted")
+    open_run(run).run_dir.release()

@@ -198,7 +198,7 @@ def open_run(path: str | Path) -> ResumePoint:
         if (run_dir.path / runs.LAST).exists():
             checkpoint = run_dir.load_checkpoint(runs.LAST)
             check_checkpoint(checkpoint, cfg, run_dir.path / runs.LAST)
-            if checkpoint.get("config") != config:
+            if _as_json(checkpoint.get("config")) != config:
                 raise ResumeError(
                     f"{run_dir.path / runs.LAST} was written with another configuration than "
                     f"{run_dir.path / runs.CONFIG}; the run directory was changed by hand and cannot be resumed"
@@ -227,6 +227,15 @@ def check_checkpoint(state: dict[str, Any], cfg: Any, where: str | Path = "the c
             f"{where} is a checkpoint of method {state.get('method')!r}, but the run is of method "
             f"{cfg.method!r}; it cannot be loaded"
         )
+
+
+def _as_json(obj: Any) -> Any:
+    """``obj`` as config.json stores it (tuples become lists), for comparing the two."""
+    import json
+
+    from wsolbench.utils import _json_default  # the encoder that wrote config.json
+
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def _read_run_json(run_dir: Any, name: str) -> dict[str, Any]:
