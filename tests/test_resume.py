@@ -270,3 +270,45 @@ def test_tuples_in_the_configuration_do_not_look_like_an_edited_run(tmp_path, ho
     (run / "config.json").write_text(json.dumps(config))
     runs.RunDir(run).update_manifest(status="interrupted")
     open_run(run).run_dir.release()
+
+
+def test_the_training_state_loads_weights_only_into_fresh_objects(tmp_path):
+    import io
+
+    from wsolbench.config import RunConfig
+    from wsolbench.engine import make_optimizer, make_scheduler
+    from wsolbench.resume import TrainState, restore_training, training_state
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+
+        def parameter_groups(self):
+            return None
+
+    cfg = RunConfig()
+    cfg.train.schedule, cfg.train.lr_step = "step", 1
+
+    def build():
+        model = Tiny()
+        optimizer = make_optimizer(model, cfg)
+        return optimizer, make_scheduler(optimizer, cfg), torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
+    optimizer, scheduler, scaler = build()
+    optimizer.param_groups[0]["params"][0].grad = torch.ones(2, 3)
+    optimizer.step()
+    scheduler.step()
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=123.0)
+    state = TrainState(next_epoch=4, best={"epoch": 2, "cl_error": 10.0, "loss": 0.5}, stale=1, train_seconds=3.5)
+    buf = io.BytesIO()
+    torch.save(training_state(optimizer, scheduler, scaler, state), buf)
+    buf.seek(0)
+    fresh = build()
+    restored = restore_training(torch.load(buf, weights_only=True), *fresh)
+    assert restored == state
+    assert fresh[1].state_dict()["last_epoch"] == 1 and fresh[1].get_last_lr() == scheduler.get_last_lr()
+    momentum = fresh[0].state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert fresh[2].get_scale() == 123.0
