@@ -485,7 +485,7 @@ def _train_and_test(
                     improved = key < (state.best["cl_error"], state.best["loss"])
                     if improved:
                         state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
-                    state.stale = 0 if improved else state.stale + 1
+                state.stale = 0 if improved else state.stale + 1
                 row["best_epoch"] = state.best["epoch"]
                 row["seconds"] = round(time.perf_counter() - t0, 3)
                 state.next_epoch = epoch + 1

@@ -55,7 +55,7 @@ class TrainState:
 
     next_epoch: int = 0
     best: dict[str, float] = field(default_factory=_no_best)  #: epoch, cl_error, loss of the best validation
-    stale: int = 0  #: validated epochs since the last improvement (early stopping)
+    stale: int = 0  #: epochs since the last improvement (early stopping)
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
 
