@@ -1,12 +1,13 @@
 """Run directories: ``<output-dir>/<run-id>/``.
 
-Files (all written atomically: temp file + rename):
+Files (written atomically: temp file + rename; ``metrics.jsonl`` is appended,
+one flushed line at a time):
 
 ``config.json``      the resolved configuration (file shape, see :mod:`wsolbench.config`)
 ``manifest.json``    schema version, versions of wsolbench/torch/timm/plug-ins, device,
                      seed, status (``running``, ``completed``, ``failed``, ``interrupted``),
                      timings, peak memory, the error if any
-``metrics.jsonl``    one JSON line per epoch
+``metrics.jsonl``    one JSON line per finished epoch
 ``results.json``     test metrics (percent), ``n_images``, the method's report label
 ``per_image.csv``    one row per test image
 ``histograms.npz``   the test set's foreground/background score histograms
@@ -16,6 +17,9 @@ Files (all written atomically: temp file + rename):
 
 A run whose process was killed keeps everything up to its last finished epoch;
 ``wsolbench run --resume RUN_DIR`` continues it (:mod:`wsolbench.resume`).
+Write errors become one-paragraph errors (:class:`DiskFullError`,
+:class:`RunWriteError`); checkpoints are refused when they would leave less
+than the configured free space.
 """
 
 from __future__ import annotations
