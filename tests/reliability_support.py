@@ -49,6 +49,13 @@ def plugin_host():
             torch.set_num_threads(threads)
 
 
+def finished_run(out: Path, name: str, *args: str) -> Path:
+    """Run ``wsolbench run ARGS`` in this process into ``out/name``; it must succeed."""
+    code, err = cli("run", "-o", str(out), "--run-name", name, *args)
+    assert code == 0, err
+    return out / name
+
+
 def cli(*args: str) -> tuple[int, str]:
     """``wsolbench ARGS`` in this process; returns the exit status and stderr (bugs still raise)."""
     from wsolbench.cli import main

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli, shared_data
-from reliability_support import FAST, cli, plugin_host
+from reliability_support import FAST, cli, finished_run, plugin_host
 from wsolbench import runs
 from wsolbench.errors import DataError
 
@@ -24,12 +24,9 @@ def host():
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, host) -> Path:
+def base_run(tmp_path_factory, host) -> Path:
     """A complete one-epoch cam-avg run that the resume cases copy and doctor."""
-    out = tmp_path_factory.mktemp("base")
-    code, err = cli("run", "--method", "cam-avg", "-o", str(out), "--run-name", "base", "--epochs", "1", *FAST)
-    assert code == 0, err
-    return out / "base"
+    return finished_run(tmp_path_factory.mktemp("base"), "base", "--method", "cam-avg", "--epochs", "1", *FAST)
 
 
 def interrupted(run: Path) -> None:
@@ -111,11 +108,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, expected, prepare", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_paragraph(args, expected, prepare, tmp_path, host, finished_run):
+def test_bad_input_exits_2_with_one_paragraph(args, expected, prepare, tmp_path, host, base_run):
     (tmp_path / "bad.toml").write_text(BAD_TOML)
     run = tmp_path / "run"
     if prepare is not None:
-        shutil.copytree(finished_run, run)
+        shutil.copytree(base_run, run)
         prepare(run)
     code, err = cli(*[a.format(tmp=tmp_path, run=run) for a in args])
     assert code == 2, err
@@ -127,8 +124,8 @@ def test_bad_input_exits_2_with_one_paragraph(args, expected, prepare, tmp_path,
         assert not (run / "lock").exists(), "a refused resume releases the run"
 
 
-def test_a_run_being_written_is_refused(tmp_path, host, finished_run):
-    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+def test_a_run_being_written_is_refused(tmp_path, host, base_run):
+    run = Path(shutil.copytree(base_run, tmp_path / "run"))
     interrupted(run)
     writer = runs.RunDir(run)
     writer.acquire()

@@ -13,17 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability_support import FAST, cli, metric_rows, outcome, plugin_host, read_json, subprocess_env
+from reliability_support import (
+    FAST, cli, finished_run, metric_rows, outcome, plugin_host, read_json, subprocess_env,
+)
 from wsolbench import runs
 
 EPOCHS = 3
 #: 16 training images in batches of 8: two steps per epoch; global step 3 is epoch 1, step 1
 PAUSE_STEP = 3
+#: the settings of every run here
+SETTINGS = ["--method", "fault-cam", "--epochs", str(EPOCHS), *FAST]
 
 
 def run_args(out: Path, name: str, *extra: str) -> list[str]:
-    return ["run", "--method", "fault-cam", "-o", str(out), "--run-name", name, "--epochs", str(EPOCHS),
-            *FAST, *extra]
+    return ["run", "-o", str(out), "--run-name", name, *SETTINGS, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +38,7 @@ def host():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, host) -> Path:
     """An uninterrupted run of the settings every test here interrupts."""
-    out = tmp_path_factory.mktemp("reference")
-    code, err = cli(*run_args(out, "ref"))
-    assert code == 0, err
-    return out / "ref"
+    return finished_run(tmp_path_factory.mktemp("reference"), "ref", *SETTINGS)
 
 
 def start_paused(tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
