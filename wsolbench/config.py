@@ -53,6 +53,7 @@ class TrainConfig:
     amp: bool = True  #: mixed precision on CUDA (bf16 where supported, else fp16)
     channels_last: bool = False
     grad_clip: float = 0.0  #: max gradient norm; 0: off
+    min_free_mb: float = 100.0  #: disk space (MiB) a checkpoint must leave free, else the run stops with an error
 
 
 @dataclass
@@ -348,6 +349,16 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("train.batch_size must be >= 1")
     if t.lr <= 0:
         problems.append("train.lr must be > 0")
+    for key in ("momentum", "weight_decay", "lr_min", "grad_clip", "min_free_mb", "patience", "num_workers",
+                "lr_step"):
+        if getattr(t, key) < 0:
+            problems.append(f"train.{key} must be >= 0")
+    if t.lr_gamma <= 0:
+        problems.append("train.lr_gamma must be > 0")
+    if cfg.eval.every < 1:
+        problems.append("eval.every must be >= 1")
+    if cfg.eval.pad_multiple < 1:
+        problems.append("eval.pad_multiple must be >= 1")
     if t.schedule not in ("step", "cosine", "constant"):
         problems.append(f"train.schedule must be step, cosine or constant, not {t.schedule!r}")
     if cfg.eval.batch_size < 1:

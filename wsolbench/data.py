@@ -111,6 +111,46 @@ def check_sizes(image: Tensor, mask: Tensor, where: str | Path) -> None:
         )
 
 
+def check_split_labels(dataset: Any, name: str, splits: Sequence[str] = ("train", "valid", "test")) -> None:
+    """Every split has items and every label is a class index (read from the labels, no image decoded)."""
+    k = dataset.num_classes
+    for split in splits:
+        try:
+            labels = dataset.split_labels(split)
+        except NotImplementedError:
+            continue
+        if len(labels) == 0:
+            raise DataError(
+                f"split {split!r} of dataset {name!r} is empty: check the data root, the split files and the "
+                f"dataset settings"
+            )
+        bad = sorted({int(y) for y in labels if not 0 <= int(y) < k})
+        if bad:
+            raise DataError(
+                f"split {split!r} of dataset {name!r} has labels {bad[:5]} outside its {k} classes "
+                f"(0..{k - 1}: {', '.join(map(str, dataset.classes[:10]))}); check the split files and the "
+                f"class list"
+            )
+
+
+def resolve_under(root: str | os.PathLike, relative: str | os.PathLike, what: str = "file") -> Path:
+    """``root / relative`` for a path read from a split or list file; it may not leave ``root``.
+
+    Absolute paths and ``..`` components that climb out of the root raise
+    :class:`DataError`, so a split file cannot make wsolbench read (or name)
+    files elsewhere. Symbolic links inside the root are the user's own and are
+    followed.
+    """
+    rel = Path(relative)
+    if rel.is_absolute() or rel.drive:
+        raise DataError(f"{what} path {str(relative)!r} is absolute; split files give paths relative to {root}")
+    base = os.path.abspath(root)
+    joined = os.path.abspath(os.path.join(base, rel))
+    if os.path.commonpath([base, joined]) != base:
+        raise DataError(f"{what} path {str(relative)!r} leaves the data root {root}")
+    return Path(joined)
+
+
 def train_collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     return {
         "image": torch.stack([it["image"] for it in items]),

@@ -20,11 +20,12 @@ from torch import Tensor
 
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.config import RunConfig
-from wsolbench.data import eval_collate, seed_worker, train_collate
-from wsolbench.errors import DataError, TrainingDivergedError, UserError
+from wsolbench.data import check_split_labels, eval_collate, seed_worker, train_collate
+from wsolbench.errors import CheckpointError, DataError, TrainingDivergedError, UserError
 from wsolbench.interfaces import Dataset, Method, ModelSpec
 from wsolbench.metrics import LocalizationAccumulator, classification_error
 from wsolbench.plugins import get_host, registry
+from wsolbench.resume import ResumePoint, TrainState, check_checkpoint, epoch_seed, restore_training, training_state
 from wsolbench.utils import seed_everything
 
 
@@ -309,14 +310,14 @@ def checkpoint_state(method: Method, cfg: RunConfig, epoch: int, **extra: Any) -
 
 
 def load_model_state(method: Method, state: dict[str, Any], cfg: RunConfig) -> None:
-    if state.get("schema_version", 0) > RUN_SCHEMA_VERSION:
-        raise UserError(
-            f"the checkpoint was written by a newer wsolbench (schema {state['schema_version']} > "
-            f"{RUN_SCHEMA_VERSION}); upgrade wsolbench to read it"
-        )
-    if state.get("method") != cfg.method:
-        raise UserError(f"the checkpoint is of method {state.get('method')!r}, not {cfg.method!r}")
-    method.load_state_dict(state["model"])
+    check_checkpoint(state, cfg)
+    try:
+        method.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"the checkpoint does not fit the model of method {cfg.method!r} with backbone "
+            f"{cfg.model.backbone!r}: {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 # -- one run --------------------------------------------------------------------
@@ -351,17 +352,45 @@ class RunResult:
     config: RunConfig
 
 
-def run(cfg: RunConfig, argv: list[str] | None = None, quiet: bool = False) -> RunResult:
-    """Train (unless the method has nothing to train), select on validation, evaluate on test."""
-    from wsolbench import runs
+def run(
+    cfg: RunConfig, argv: list[str] | None = None, quiet: bool = False, resume_from: ResumePoint | None = None
+) -> RunResult:
+    """Train (unless the method has nothing to train), select on validation, evaluate on test.
 
+    ``resume_from`` (see :func:`resume`) continues that run directory from its
+    ``last.pt`` instead of creating a new one.
+    """
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     dataset = build_dataset(cfg)
+    check_split_labels(dataset, cfg.dataset)
     method = build_method(cfg, dataset.num_classes).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     train_split, valid_split, test_split = (dataset.split(s) for s in ("train", "valid", "test"))
+    if resume_from is None:
+        run_dir, checkpoint = _create_run_dir(cfg, device, argv), None
+    else:
+        run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
+        resume_from.mark_running(argv)
+    try:
+        results = _train_and_test(
+            cfg, dataset, method, device, (train_split, valid_split, test_split), run_dir, quiet, checkpoint
+        )
+    except KeyboardInterrupt as exc:
+        _mark_stopped(run_dir, "interrupted", str(exc) or "interrupted by the user (Ctrl-C)")
+        raise
+    except BaseException as exc:
+        _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    run_dir.release()
+    return RunResult(run_dir, results, cfg)
+
+
+def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None) -> Any:
+    from wsolbench import runs
+
+    runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
     name = cfg.run_name or runs.RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
     run_dir = runs.RunDir.create(cfg.output_dir, name)
     config_dict = cfg.to_dict()
@@ -369,18 +398,32 @@ def run(cfg: RunConfig, argv: list[str] | None = None, quiet: bool = False) -> R
     manifest = runs.new_manifest(config_dict, str(device), argv)
     manifest["method_label"] = method_label(cfg)
     run_dir.write_manifest(manifest)
+    return run_dir
+
+
+def resume(path: str, argv: list[str] | None = None, quiet: bool = False) -> RunResult:
+    """Continue the killed, interrupted or failed run in ``path`` with its own configuration."""
+    from wsolbench.resume import open_run
+
+    point = open_run(path)
     try:
-        results = _train_and_test(cfg, dataset, method, device, (train_split, valid_split, test_split), run_dir, quiet)
-    except KeyboardInterrupt:
-        run_dir.update_manifest(status="interrupted", finished=runs.now(), error="interrupted by the user")
-        run_dir.release()
-        raise
-    except BaseException as exc:
-        run_dir.update_manifest(status="failed", finished=runs.now(), error=f"{type(exc).__name__}: {exc}")
-        run_dir.release()
-        raise
+        return run(point.config, argv, quiet, resume_from=point)
+    finally:
+        point.run_dir.release()
+
+
+def _mark_stopped(run_dir: Any, status: str, reason: str) -> None:
+    """Record why the run stopped, keep its files, release its lock; never masks the original error."""
+    from wsolbench import runs
+
+    with contextlib.suppress(Exception):
+        run_dir.update_manifest(status=status, finished=runs.now(), error=reason)
     run_dir.release()
-    return RunResult(run_dir, results, cfg)
+    if status == "interrupted":
+        from wsolbench.console import err
+
+        err.print(f"{reason}; finished epochs are kept. Continue with: wsolbench run --resume {run_dir.path}",
+                  soft_wrap=True)
 
 
 def _train_and_test(
@@ -391,6 +434,7 @@ def _train_and_test(
     splits: tuple[Any, Any, Any],
     run_dir: Any,
     quiet: bool,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from wsolbench import runs
     from wsolbench.console import err
@@ -400,8 +444,8 @@ def _train_and_test(
     train_loader = make_loader(train_split, cfg, True, device)
     valid_loader = make_loader(valid_split, cfg, False, device, seed_offset=1)
     test_loader = make_loader(test_split, cfg, False, device, seed_offset=2)
-    train_seconds = valid_seconds = 0.0
-    best = {"epoch": -1, "cl_error": float("inf"), "loss": float("inf")}
+    state = TrainState()
+    reserve = cfg.train.min_free_mb
     epochs = cfg.train.epochs if method.trainable else 0
     progress = new_progress() if not quiet else None
     ctx = progress if progress is not None else contextlib.nullcontext()
@@ -409,18 +453,25 @@ def _train_and_test(
         if epochs > 0:
             optimizer = make_optimizer(method, cfg)
             scheduler = make_scheduler(optimizer, cfg)
-            epoch_task = progress.add_task("epochs", total=epochs, info="") if progress else None
+            if checkpoint is not None:
+                load_model_state(method, checkpoint, cfg)
+                state = restore_training(checkpoint, optimizer, scheduler, precision.scaler)
+            epoch_task = (
+                progress.add_task("epochs", total=epochs, completed=state.next_epoch, info="") if progress else None
+            )
             batch_task = progress.add_task("train", total=len(train_loader), info="") if progress else None
-            stale = 0
-            for epoch in range(epochs):
+            for epoch in range(state.next_epoch, epochs):
+                if state.stopped_early(cfg.train.patience):  # a run resumed after its early stop
+                    break
                 t0 = time.perf_counter()
+                train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
                 if progress:
                     progress.reset(batch_task, total=len(train_loader), description=f"train {epoch + 1}/{epochs}")
                 step = (lambda: progress.advance(batch_task)) if progress else None
                 logs = train_one_epoch(method, train_loader, optimizer, precision, cfg, epoch, step)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
-                train_seconds += time.perf_counter() - t0
+                state.train_seconds += time.perf_counter() - t0
                 row: dict[str, Any] = {"epoch": epoch, "lr": lr, **logs}
                 improved = False
                 if (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1:
@@ -428,39 +479,44 @@ def _train_and_test(
                     if progress:
                         progress.reset(batch_task, total=len(valid_loader), description="valid")
                     val = evaluate(method, valid_loader, precision, cfg, localization=False, on_step=step)
-                    valid_seconds += time.perf_counter() - t1
+                    state.valid_seconds += time.perf_counter() - t1
                     row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
                     key = (val.metrics["cl_error"], val.metrics["loss"])
-                    if key < (best["cl_error"], best["loss"]):
-                        best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
-                        improved = True
-                        run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, epoch))
-                row["best_epoch"] = best["epoch"]
+                    improved = key < (state.best["cl_error"], state.best["loss"])
+                    if improved:
+                        state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
+                state.stale = 0 if improved else state.stale + 1
+                row["best_epoch"] = state.best["epoch"]
                 row["seconds"] = round(time.perf_counter() - t0, 3)
+                state.next_epoch = epoch + 1
+                # this order keeps the files consistent whenever a kill falls (see wsolbench.resume)
                 run_dir.append_metrics(row)
                 run_dir.save_checkpoint(
                     runs.LAST,
                     checkpoint_state(
-                        method, cfg, epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        best=best, rng=_rng_state(),
+                        method, cfg, epoch, **training_state(optimizer, scheduler, precision.scaler, state)
                     ),
+                    reserve_mb=reserve,
                 )
-                run_dir.update_manifest(train_seconds=round(train_seconds, 3), valid_seconds=round(valid_seconds, 3),
-                                        epochs_done=epoch + 1)
+                if improved:
+                    run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, epoch), reserve_mb=reserve)
+                run_dir.update_manifest(train_seconds=round(state.train_seconds, 3),
+                                        valid_seconds=round(state.valid_seconds, 3), epochs_done=epoch + 1)
                 info = (
                     f"loss {logs['train_loss']:.4f}  valid err {row.get('valid_error', float('nan')):.2f}%"
                     + ("  *" if improved else "")
                 )
                 if progress:
                     progress.update(epoch_task, advance=1, info=info)
-                stale = 0 if improved else stale + 1
-                if cfg.train.patience and stale >= cfg.train.patience:
+                if state.stopped_early(cfg.train.patience):
                     if not quiet:
-                        err.print(f"early stop at epoch {epoch + 1}: no better validation error for {stale} epochs")
+                        err.print(
+                            f"early stop at epoch {epoch + 1}: no better validation error for {state.stale} epochs"
+                        )
                     break
             load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
         else:
-            run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, -1))
+            run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, -1), reserve_mb=reserve)
         t2 = time.perf_counter()
         if progress:
             task = progress.add_task("test", total=len(test_loader), info="")
@@ -477,8 +533,8 @@ def _train_and_test(
         "dataset": cfg.dataset,
         "seed": cfg.seed,
         "profile": cfg.profile,
-        "best_epoch": best["epoch"],
-        "valid_error": None if best["epoch"] < 0 else best["cl_error"],
+        "best_epoch": state.best["epoch"],
+        "valid_error": None if state.best["epoch"] < 0 else state.best["cl_error"],
         **{k: v for k, v in test.metrics.items() if k != "loss"},
         "protocol": {
             "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
@@ -487,40 +543,19 @@ def _train_and_test(
         },
     }
     if test.accumulator is not None and test.accumulator.hist_fg is not None:
-        import numpy as np
-
-        np.savez_compressed(
-            run_dir.path / "histograms.npz",
-            fg=test.accumulator.hist_fg.cpu().numpy(),
-            bg=test.accumulator.hist_bg.cpu().numpy(),
-        )
+        run_dir.write_histograms(fg=test.accumulator.hist_fg.cpu().numpy(), bg=test.accumulator.hist_bg.cpu().numpy())
     run_dir.write_per_image(test.per_image)
     run_dir.write_results(results)
     run_dir.update_manifest(
         status="completed",
         finished=runs.now(),
-        train_seconds=round(train_seconds, 3),
-        valid_seconds=round(valid_seconds, 3),
+        train_seconds=round(state.train_seconds, 3),
+        valid_seconds=round(state.valid_seconds, 3),
         eval_seconds=round(eval_seconds, 3),
         peak_memory_mb=runs.peak_memory_mb(device),
-        best_epoch=best["epoch"],
+        best_epoch=state.best["epoch"],
     )
     return results
-
-
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def plugin_versions() -> dict[str, str]:

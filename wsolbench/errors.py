@@ -67,3 +67,7 @@ class WeightsUnavailableError(UserError):
 
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used here: another method, a newer schema, another model."""

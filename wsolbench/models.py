@@ -51,9 +51,10 @@ def build_backbone(spec: ModelSpec, out_indices: tuple[int, ...] | None = None) 
         if spec.pretrained:
             return _create_from_hub(timm, spec.backbone, kwargs)
         return timm.create_model(spec.backbone, pretrained=False, **kwargs)
-    except TypeError as exc:
+    except (TypeError, AssertionError) as exc:  # timm checks some arguments with assert
         raise ConfigError(
-            f"backbone {spec.backbone!r} does not accept these settings ({exc}); check model.backbone_params "
+            f"backbone {spec.backbone!r} does not accept these settings ({str(exc) or 'rejected by timm'}); "
+            f"check model.backbone_params "
             f"(the quick profile sets output_stride=8, which not every backbone supports)"
         ) from exc
     except RuntimeError as exc:

@@ -1,16 +1,25 @@
 """Run directories: ``<output-dir>/<run-id>/``.
 
-Files (all written atomically: temp file + rename):
+Files (written atomically: temp file + rename; ``metrics.jsonl`` is appended,
+one flushed line at a time):
 
 ``config.json``      the resolved configuration (file shape, see :mod:`wsolbench.config`)
 ``manifest.json``    schema version, versions of wsolbench/torch/timm/plug-ins, device,
                      seed, status (``running``, ``completed``, ``failed``, ``interrupted``),
                      timings, peak memory, the error if any
-``metrics.jsonl``    one JSON line per epoch
+``metrics.jsonl``    one JSON line per finished epoch
 ``results.json``     test metrics (percent), ``n_images``, the method's report label
 ``per_image.csv``    one row per test image
-``best.pt``          the model with the lowest validation error (``last.pt``: the latest epoch)
-``lock``             present while a process writes the run
+``histograms.npz``   the test set's foreground/background score histograms
+``best.pt``          the model with the lowest validation error
+``last.pt``          the latest finished epoch with everything needed to resume it
+``lock``             held (``flock``) by the process writing the run; it names that process
+
+A run whose process was killed keeps everything up to its last finished epoch;
+``wsolbench run --resume RUN_DIR`` continues it (:mod:`wsolbench.resume`).
+Write errors become one-paragraph errors (:class:`DiskFullError`,
+:class:`RunWriteError`); checkpoints are refused when they would leave less
+than the configured free space.
 """
 
 from __future__ import annotations
@@ -18,12 +27,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
 import io
 import os
 import platform
 import re
+import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +50,11 @@ RESULTS = "results.json"
 PER_IMAGE = "per_image.csv"
 BEST = "best.pt"
 LAST = "last.pt"
+HISTOGRAMS = "histograms.npz"
 LOCK = "lock"
+
+#: errno values that mean "the disk is full"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def now() -> str:
@@ -50,7 +66,62 @@ def _slug(text: str) -> str:
 
 
 class RunLockedError(UserError):
-    pass
+    """Another live process is writing this run directory."""
+
+
+class DiskFullError(UserError):
+    """Too little free space to write the run's files safely."""
+
+
+class RunWriteError(UserError):
+    """A run file cannot be written (permissions, read-only file system)."""
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the operating system's write errors on ``path`` into one-paragraph errors."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise DiskFullError(
+                f"the disk is full: cannot write {path}. Free some space, then continue the run with "
+                f"`wsolbench run --resume {Path(path).parent}`; finished epochs are kept."
+            ) from exc
+        raise RunWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def free_mb(path: str | os.PathLike) -> float:
+    """Free space (MiB) on the file system holding ``path`` or its nearest existing parent."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free / 2**20
+
+
+def check_free_space(path: str | os.PathLike, reserve_mb: float, write_bytes: int = 0) -> None:
+    """Refuse to write ``write_bytes`` when it would leave less than ``reserve_mb`` MiB free."""
+    if reserve_mb <= 0 and write_bytes == 0:
+        return
+    free = free_mb(path)
+    need = reserve_mb + write_bytes / 2**20
+    if free < need:
+        what = f"; writing {write_bytes / 2**20:.1f} MiB would leave" if write_bytes else ","
+        raise DiskFullError(
+            f"too little disk space for {path}: {free:.0f} MiB free{what} less than the "
+            f"{reserve_mb:g} MiB reserve (setting train.min_free_mb). Free some space or choose another "
+            f"--output-dir; a run stopped for this continues with `wsolbench run --resume RUN_DIR`."
+        )
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether the run in ``path`` finished: manifest status ``completed`` and ``results.json`` present."""
+    run = Path(path)
+    try:
+        status = read_json(run / MANIFEST).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status == "completed" and (run / RESULTS).is_file()
 
 
 class RunDir:
@@ -58,6 +129,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     # -- creation and locking -------------------------------------------------
     @classmethod
@@ -89,41 +161,68 @@ class RunDir:
         return f"{stamp}-{dataset}-{method}-s{seed}"
 
     def acquire(self) -> None:
-        """Take the run's lock; refused while another live process holds it."""
+        """Take the run's lock; refused while another live process holds it.
+
+        The lock is an ``flock`` on the ``lock`` file, so the kernel releases it
+        when its process ends in any way (``kill -9`` included) and a stale file
+        never blocks a resume. The file names the holder for the error message.
+        """
+        import fcntl
+
         lock = self.path / LOCK
-        for _ in range(2):
+        while True:
+            with writing(lock):
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(
+                    f"run {self.path} is being written by {_holder(lock)}; wait for it to finish or stop it. "
+                    f"Two processes never write the same run directory."
+                ) from None
+            except OSError as exc:  # a file system without locks: fall back on the recorded process
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise
                 holder = _read_pid(lock)
                 if holder is not None and holder != os.getpid() and _alive(holder):
-                    raise RunLockedError(
-                        f"run {self.path} is being written by process {holder}; "
-                        f"wait for it or stop it (remove {lock} only if that process is gone)"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lock)  # stale: its process is gone
+                    os.close(fd)
+                    raise RunLockedError(f"run {self.path} is being written by {_holder(lock)}") from None
+            try:  # the holder may have released (unlinked) the file between our open and flock
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n{socket.gethostname()}\n")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n{now()}\n".encode())
+            self._lock_fd = fd
             return
-        raise RunLockedError(f"cannot lock run {self.path}")
 
     def release(self) -> None:
-        lock = self.path / LOCK
-        if _read_pid(lock) == os.getpid():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
+        fd = self._lock_fd
+        if fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / LOCK)
+        os.close(fd)
+        self._lock_fd = None
 
     # -- files ----------------------------------------------------------------
+    def _write_json(self, name: str, obj: Any) -> None:
+        with writing(self.path / name):
+            atomic_write_json(self.path / name, obj)
+
     def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write_json(self.path / CONFIG, config)
+        self._write_json(CONFIG, config)
 
     def read_config(self) -> dict[str, Any]:
         return read_json(self.path / CONFIG)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_json(self.path / MANIFEST, manifest)
+        self._write_json(MANIFEST, manifest)
 
     def read_manifest(self) -> dict[str, Any]:
         return read_json(self.path / MANIFEST)
@@ -135,7 +234,17 @@ class RunDir:
         return manifest
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        append_jsonl(self.path / METRICS, row)
+        with writing(self.path / METRICS):
+            append_jsonl(self.path / METRICS, row)
+
+    def truncate_metrics(self, last_epoch: int) -> list[dict[str, Any]]:
+        """Keep the rows of epochs up to ``last_epoch`` (and drop a torn last line); returns them."""
+        import json
+
+        rows = [r for r in self.read_metrics() if r.get("epoch", -1) <= last_epoch]
+        with writing(self.path / METRICS):
+            atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
 
     def read_metrics(self) -> list[dict[str, Any]]:
         import json
@@ -150,7 +259,7 @@ class RunDir:
         return rows
 
     def write_results(self, results: dict[str, Any]) -> None:
-        atomic_write_json(self.path / RESULTS, results)
+        self._write_json(RESULTS, results)
 
     def read_results(self) -> dict[str, Any]:
         return read_json(self.path / RESULTS)
@@ -161,14 +270,36 @@ class RunDir:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        atomic_write_text(self.path / PER_IMAGE, buf.getvalue())
+        with writing(self.path / PER_IMAGE):
+            atomic_write_text(self.path / PER_IMAGE, buf.getvalue())
 
-    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+    def write_histograms(self, **arrays: Any) -> None:
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        with writing(self.path / HISTOGRAMS):
+            atomic_write_bytes(self.path / HISTOGRAMS, buf.getvalue())
+
+    def save_checkpoint(self, name: str, state: dict[str, Any], reserve_mb: float = 0.0) -> None:
+        """Write a checkpoint atomically, first checking it leaves ``reserve_mb`` MiB free."""
         import torch
 
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.path / name, buf.getvalue())
+        data = buf.getvalue()
+        check_free_space(self.path, reserve_mb, len(data))
+        with writing(self.path / name):
+            atomic_write_bytes(self.path / name, data)
+
+    def remove_temporaries(self) -> list[str]:
+        """Delete the temporary files of atomic writes cut short by a crash; returns their names."""
+        removed = []
+        for tmp in self.path.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp.name)
+        return removed
 
     def load_checkpoint(self, name: str = BEST) -> dict[str, Any]:
         import torch
@@ -187,6 +318,14 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError):
         return None
+
+
+def _holder(lock: Path) -> str:
+    try:
+        pid, host, *_ = lock.read_text().split() + ["?", "?"]
+    except OSError:
+        return "another process"
+    return f"process {pid} on {host}"
 
 
 def _alive(pid: int) -> bool:

@@ -56,6 +56,11 @@ class Synthetic(Dataset):
             raise ConfigError("dataset.image_size must be at least 24")
         if not 1 <= p["min_objects"] <= p["max_objects"]:
             raise ConfigError("need 1 <= dataset.min_objects <= dataset.max_objects")
+        if not 0 <= p["crop_size"] <= p["image_size"]:
+            raise ConfigError("need 0 <= dataset.crop_size <= dataset.image_size (0: no crop)")
+        for key in ("n_train", "n_valid", "n_test", "max_distractors", "noise"):
+            if p[key] < 0:
+                raise ConfigError(f"dataset.{key} must be >= 0")
         k = p["classes"]
         self.periods = [3.0 * (10.0 / 3.0) ** (i / (k - 1)) for i in range(k)]
 

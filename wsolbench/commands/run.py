@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 
 import click
+
+#: options that may accompany --resume (everything else comes from the run's config.json)
+RESUME_COMPATIBLE = ("resume_dir", "quiet")
 
 
 @click.command("run")
@@ -30,15 +36,24 @@ import click
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. --set train.lr=0.01.")
 @click.option("--show-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option(
+    "--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None, metavar="RUN_DIR",
+    help="Continue a killed, interrupted or failed run from its last finished epoch, with its own settings.",
+)
 def run(
     method, dataset, data_root, backbone, pretrained, pooling, profile, epochs, batch_size, lr, seed, device,
-    output_dir, run_name, config_file, sets, show_config, quiet,
+    output_dir, run_name, config_file, sets, show_config, quiet, resume_dir,
 ) -> None:  # noqa: ANN001
     """Train METHOD on DATASET, select the model on validation error, evaluate it on test.
 
     Writes a run directory (config.json, manifest.json, metrics.jsonl,
-    results.json, per_image.csv, best.pt) and prints the test metrics.
+    results.json, per_image.csv, best.pt, last.pt) and prints the test metrics.
+    With --resume RUN_DIR, continues that run instead (on CPU it ends with the
+    metrics an uninterrupted run would have had).
     """
+    if resume_dir is not None:
+        _resume(resume_dir, quiet)
+        return
     from wsolbench import config as config_mod
 
     options = {
@@ -59,8 +74,56 @@ def run(
         f"profile {cfg.profile}, backbone {cfg.model.backbone}"
         f"{' (pretrained)' if cfg.model.pretrained else ''}, seed {cfg.seed}, {cfg.train.epochs} epochs"
     )
-    result = engine.run(cfg, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
+    with _sigterm_interrupts():
+        result = engine.run(cfg, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
     print_results(result.results, str(result.run_dir.path))
+
+
+def _resume(resume_dir: str, quiet: bool) -> None:
+    ctx = click.get_current_context()
+    given = [
+        p for p in ctx.command.params
+        if p.name not in RESUME_COMPATIBLE
+        and ctx.get_parameter_source(p.name) in (click.core.ParameterSource.COMMANDLINE,
+                                                 click.core.ParameterSource.ENVIRONMENT)
+    ]
+    if given:
+        names = ", ".join(p.opts[0] for p in given)
+        from wsolbench.errors import ConfigError
+
+        raise ConfigError(
+            f"--resume continues a run with the settings in its config.json, so it cannot be combined with "
+            f"{names}; only --quiet may accompany it. To change settings, start a new run."
+        )
+    from wsolbench import engine, runs
+    from wsolbench.console import err
+
+    if runs.is_complete(resume_dir):
+        err.print(f"run {resume_dir} is already complete; nothing to resume", soft_wrap=True)
+        print_results(runs.RunDir(resume_dir).read_results(), resume_dir)
+        return
+    err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}", soft_wrap=True)
+    with _sigterm_interrupts():
+        result = engine.resume(resume_dir, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
+    print_results(result.results, str(result.run_dir.path))
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (schedulers, ``kill``) like Ctrl-C, so the manifest records the interruption."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("terminated by SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_results(results: dict, run_dir: str) -> None:
