@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from wsolbench.data import Loaded, Record, SampleDataset, check_sizes, read_image, read_mask_array
+from wsolbench.data import Loaded, Record, SampleDataset, check_sizes, read_image, read_mask_array, resolve_under
 from wsolbench.errors import ConfigError, DataError
 from wsolbench.interfaces import Dataset
 from wsolbench.transforms import NORMALIZATIONS, eval_transform, train_transform
@@ -93,16 +93,15 @@ def limit_per_class(records: Sequence[Record], most: int, seed: int) -> list[Rec
 
 # -- files ----------------------------------------------------------------------------
 def safe_path(root: Path, relative: str, source: str | Path = "") -> Path:
-    """``root / relative``, refusing absolute paths and paths that climb out of ``root``.
+    """``root / relative`` for a path read from ``source``; it may not leave ``root``.
 
-    The check is on the written path (symbolic links inside the root that lead
-    elsewhere, e.g. to another disk, are allowed).
+    See :func:`wsolbench.data.resolve_under` (symbolic links inside the root
+    that lead elsewhere, e.g. to another disk, are allowed).
     """
-    normal = os.path.normpath(relative.replace("\\", "/"))
-    if os.path.isabs(normal) or normal == ".." or normal.startswith("../") or Path(relative).drive:
-        where = f"{source}: " if source else ""
-        raise DataError(f"{where}the path {relative!r} points outside the data root {root}")
-    return root / normal
+    try:
+        return resolve_under(root, relative.replace("\\", "/"))
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}" if source else str(exc)) from None
 
 
 def find_split_files(split_dir: str | Path) -> dict[str, Path]:
