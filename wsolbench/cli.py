@@ -22,6 +22,7 @@ from wsolbench import __version__
 COMMANDS = {
     "run": ("wsolbench.commands.run:run", "Train and evaluate one method on one dataset."),
     "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
+    "report": ("wsolbench.commands.report:report", "Tables and figures from run directories."),
 }
 
 

@@ -6,7 +6,8 @@ results and directory:
 
 - with ``eval.crf = true``: the metrics of the dense-CRF-refined maps, as
   ``results["crf"]`` (same keys as the plain metrics, plus the CRF parameters),
-  and per-image ``crf_f1_pos`` / ``crf_f1_neg`` columns in ``per_image.csv``;
+  per-image ``crf_f1_pos`` / ``crf_f1_neg`` columns in ``per_image.csv`` and the
+  refined maps' score histograms in ``histograms_crf.npz``;
 - with ``eval.pictures = N > 0``: ``overlays.png`` (the first N test images with
   their true and predicted masks) and ``pr_curve.png`` (pixel precision-recall).
 """
@@ -22,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsolbench.metrics import LocalizationAccumulator
+from wsolbench.runs import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE
 
-OVERLAYS = "overlays.png"
-PR_CURVE = "pr_curve"  # .png
 
 
 def raw_rgb(split: Any, index: int, size: tuple[int, int]) -> np.ndarray:
@@ -90,19 +90,23 @@ class TestExtras:
         import dataclasses
 
         out: dict[str, Any] = {}
+        run_path = Path(run_path)
         if self.crf_params is not None:
             out["crf"] = {**self.crf_acc.compute(), "params": dataclasses.asdict(self.crf_params)}
+            if self.crf_acc.hist_fg is not None:
+                np.savez_compressed(
+                    run_path / CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy()
+                )
             for row, (pos, neg) in zip(test.per_image, self.crf_scores):
                 row["crf_f1_pos"], row["crf_f1_neg"] = pos, neg
         if self.samples:
             from wsolbench import plots
 
-            run_path = Path(run_path)
             plots.draw_overlays(self.samples, run_path / OVERLAYS, self.threshold)
             acc = test.accumulator
             if acc is not None and acc.hist_fg is not None:
                 curves = [plots.Curve("maps", acc.hist_fg.cpu().numpy(), acc.hist_bg.cpu().numpy())]
                 if self.crf_params is not None:
                     curves.append(plots.Curve("CRF", self.crf_acc.hist_fg.numpy(), self.crf_acc.hist_bg.numpy()))
-                plots.draw_pr_curves(curves, run_path / PR_CURVE, threshold=self.threshold)
+                plots.draw_pr_curves(curves, (run_path / PR_CURVE).with_suffix(""), threshold=self.threshold)
         return out

@@ -9,6 +9,10 @@ Files (all written atomically: temp file + rename):
 ``metrics.jsonl``    one JSON line per epoch
 ``results.json``     test metrics (percent), ``n_images``, the method's report label
 ``per_image.csv``    one row per test image
+``histograms.npz``   the test set's foreground/background score histograms (``histograms_crf.npz``:
+                     after dense-CRF, with ``eval.crf``)
+``overlays.png``     the first ``eval.pictures`` test images with true and predicted masks
+``pr_curve.png``     the pixel precision-recall curve
 ``best.pt``          the model with the lowest validation error (``last.pt``: the latest epoch)
 ``lock``             present while a process writes the run
 """
@@ -36,6 +40,10 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 PER_IMAGE = "per_image.csv"
+HISTOGRAMS = "histograms.npz"
+CRF_HISTOGRAMS = "histograms_crf.npz"
+OVERLAYS = "overlays.png"
+PR_CURVE = "pr_curve.png"
 BEST = "best.pt"
 LAST = "last.pt"
 LOCK = "lock"
