@@ -23,6 +23,7 @@ COMMANDS = {
     "run": ("wsolbench.commands.run:run", "Train and evaluate one method on one dataset."),
     "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
     "report": ("wsolbench.commands.report:report", "Tables and figures from run directories."),
+    "bench": ("wsolbench.commands.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
 }
 
 

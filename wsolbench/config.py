@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +365,8 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append(f"label must be a string (quote it: --set 'label=\"{cfg.label}\"')")
     if cfg.eval.pictures < 0:
         problems.append("eval.pictures must be >= 0")
+    if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:
+        problems.append("eval.crf needs pydensecrf: pip install 'wsolbench[crf]' (the pydensecrf2 distribution)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         problems.append(f"device must be auto, cpu, cuda or cuda:N, not {cfg.device!r}")
     if problems:

@@ -343,6 +343,16 @@ def to_text(summary: pd.DataFrame, title: str = "", width: int = 200) -> str:
     return console.file.getvalue()
 
 
+def print_table(renderable: Any, console: Any) -> None:
+    """Print on ``console``; when it is not a terminal (a pipe, a file), at 200 columns rather than 80."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    from rich.console import Console
+
+    Console(file=console.file, width=200, color_system=None).print(renderable)
+
+
 def to_csv(summary: pd.DataFrame) -> str:
     return summary.reset_index().to_csv(index=False, float_format="%.6g")
 

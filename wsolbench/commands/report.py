@@ -55,7 +55,7 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
         atomic_write_text(output, rep.render(summary, fmt, title))
         err.print(f"wrote {output}")
     elif fmt == "table":
-        out.print(rep.to_rich(summary, title), width=None if out.is_terminal else 200)
+        rep.print_table(rep.to_rich(summary, title), out)
     else:
         click.echo(rep.render(summary, fmt, title), nl=False)
     if plots_dir:
