@@ -24,6 +24,7 @@ COMMANDS = {
     "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
     "report": ("wsolbench.commands.report:report", "Tables and figures from run directories."),
     "bench": ("wsolbench.commands.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
+    "evaluate": ("wsolbench.commands.evaluate:evaluate", "Score maps made by other code (one .npy per image)."),
 }
 
 

@@ -85,20 +85,23 @@ class TestExtras:
             truth = mask.detach().cpu().numpy().reshape(prob_np.shape) >= 0.5
             self.samples.append(Sample(name, image, truth, prob_np, refined))
 
-    def finish(self, run_path: str | Path, test: Any) -> dict[str, Any]:
-        """Write the pictures, add CRF columns to ``test.per_image``; returns the results to add."""
+    def finish(self, run_path: str | Path | None, test: Any) -> dict[str, Any]:
+        """Add CRF columns to ``test.per_image`` and, in ``run_path`` (unless None), write the
+        CRF histograms and the pictures; returns the results to add."""
         import dataclasses
 
         out: dict[str, Any] = {}
-        run_path = Path(run_path)
         if self.crf_params is not None:
             out["crf"] = {**self.crf_acc.compute(), "params": dataclasses.asdict(self.crf_params)}
-            if self.crf_acc.hist_fg is not None:
-                np.savez_compressed(
-                    run_path / CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy()
-                )
             for row, (pos, neg) in zip(test.per_image, self.crf_scores):
                 row["crf_f1_pos"], row["crf_f1_neg"] = pos, neg
+        if run_path is None:
+            return out
+        run_path = Path(run_path)
+        if self.crf_params is not None and self.crf_acc.hist_fg is not None:
+            np.savez_compressed(
+                run_path / CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy()
+            )
         if self.samples:
             from wsolbench import plots
 
