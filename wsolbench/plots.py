@@ -149,18 +149,9 @@ def curve_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t.numpy(), p.numpy(), r.numpy()
 
 
-def draw_pr_curves(
-    curves: Sequence[Curve],
-    path: str | Path,
-    title: str = "",
-    formats: Sequence[str] = ("png",),
-    threshold: float = 0.5,
-) -> list[Path]:
-    """Pixel precision-recall curves on one figure; a dot marks each curve's point at ``threshold``.
-
-    ``path`` without suffix; one file per format (``png``, ``pdf``). The
-    legend gives each curve's PxAP.
-    """
+def pr_figure(curves: Sequence[Curve], title: str = "", threshold: float = 0.5) -> Any:
+    """A matplotlib ``Figure`` of pixel precision-recall curves (recall on x); a dot marks each
+    curve's point at ``threshold``; the legend gives each curve's PxAP."""
     import torch
 
     from wsolbench.metrics import histogram_metrics
@@ -182,10 +173,21 @@ def draw_pr_curves(
     ax.grid(alpha=0.3)
     ax.set_title(title or f"pixel precision-recall (dots: threshold {threshold:g})", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
-    base = Path(path)
+    return fig
+
+
+def draw_pr_curves(
+    curves: Sequence[Curve],
+    path: str | Path,
+    title: str = "",
+    formats: Sequence[str] = ("png",),
+    threshold: float = 0.5,
+) -> list[Path]:
+    """:func:`pr_figure` saved as ``path`` (without suffix) in each format (``png``, ``pdf``)."""
+    fig = pr_figure(curves, title, threshold)
     written = []
     for fmt in formats:
-        target = base.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=150)
+        target = Path(path).with_suffix(f".{fmt}")
+        fig.savefig(target, dpi=120)
         written.append(target)
     return written

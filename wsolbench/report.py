@@ -385,7 +385,8 @@ def to_latex(summary: pd.DataFrame, caption: str = "", label: str = "tab:wsol") 
     styler.apply(lambda frame: best.map(lambda b: "textbf:--rwrap;" if b else ""), axis=None)
     styler.format_index(escape="latex", axis=0)
     styler.format_index(escape="latex", axis=1, level=0)
-    full_caption = latex_escape(caption.strip()) or "Localization on the test sets."
+    full_caption = latex_escape(caption.strip()) or "Localization on the test sets"
+    full_caption += "" if full_caption.endswith((".", "!", "?")) else "."
     full_caption += " " + " ".join(notes(summary, latex=True))
     latex = styler.to_latex(
         hrules=True, multicol_align="c", column_format="l" + "r" * len(text.columns), caption=full_caption,
@@ -432,23 +433,22 @@ def version_notes(runs: pd.DataFrame) -> list[str]:
 
 
 # -- figures --------------------------------------------------------------------
-def draw_curves(runs: pd.DataFrame, directory: str | os.PathLike, summary: pd.DataFrame) -> list[Path]:
-    """One precision-recall figure per dataset (PNG and PDF), one curve per label.
+def dataset_curves(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, list[Any]]:
+    """Per dataset, one :class:`wsolbench.plots.Curve` per label of ``summary``.
 
     A label's histograms are summed over its seeds (one pooled curve); the
-    legend gives the mean PxAP of the table. Runs without histograms are left out.
+    legend gives the mean PxAP of the table. Runs without histograms, or with
+    a different number of bins than the label's first run, are left out.
     """
-    from wsolbench.plots import Curve, draw_pr_curves
+    from wsolbench.plots import Curve
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    out: dict[str, list[Any]] = {}
     for dataset in summary.attrs["datasets"]:
         curves = []
         for label in summary.attrs["rows"]:
             group = runs[(runs["label"] == label) & (runs["dataset"] == dataset)]
             hists = [np.load(p) for p in group["histograms"] if Path(p).is_file()]
-            hists = [h for h in hists if hists and h["fg"].shape == hists[0]["fg"].shape]  # same bins only
+            hists = [h for h in hists if h["fg"].shape == hists[0]["fg"].shape]
             if not hists:
                 continue
             fg = sum(h["fg"].astype(np.int64) for h in hists)
@@ -457,8 +457,20 @@ def draw_curves(runs: pd.DataFrame, directory: str | os.PathLike, summary: pd.Da
             pxap = None if pxap is None or pd.isna(pxap) else float(pxap)
             curves.append(Curve(f"{label} ({len(hists)} run{'s' * (len(hists) > 1)})", fg, bg, pxap))
         if curves:
-            stem = "pr_" + "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset)
-            written += draw_pr_curves(
-                curves, directory / stem, title=f"{dataset}: pixel precision-recall", formats=("png", "pdf")
-            )
+            out[dataset] = curves
+    return out
+
+
+def draw_curves(runs: pd.DataFrame, directory: str | os.PathLike, summary: pd.DataFrame) -> list[Path]:
+    """``pr_<dataset>.png`` and ``.pdf`` in ``directory``: the curves of :func:`dataset_curves`."""
+    from wsolbench.plots import draw_pr_curves
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset, curves in dataset_curves(runs, summary).items():
+        stem = "pr_" + "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset)
+        written += draw_pr_curves(
+            curves, directory / stem, title=f"{dataset}: pixel precision-recall", formats=("png", "pdf")
+        )
     return written
