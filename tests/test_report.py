@@ -114,10 +114,11 @@ def test_incomplete_or_unreadable_runs_are_skipped_with_the_reason(tmp_path):
 
 
 def test_a_rerun_replaces_the_older_run_of_the_same_seed(tmp_path):
-    fake_run(tmp_path, "old", "cam-avg", "glas", 0, finished="2025-01-01T00:00:00+00:00", f1_pos=10.0)
+    fake_run(tmp_path, "old", "cam-avg", "glas", 0, finished="2025-01-01T00:00:00+00:00", f1_pos=10.0,
+             crf={"f1_pos": 11.0})
     fake_run(tmp_path, "new", "cam-avg", "glas", 0, finished="2025-02-01T00:00:00+00:00", f1_pos=90.0)
     collection = rep.collect([tmp_path])
-    assert list(collection.runs["f1_pos"]) == [90.0]
+    assert list(collection.runs["f1_pos"]) == [90.0]  # the old run's CRF row goes with it
     assert [Path(s.path).name for s in collection.skipped] == ["old"]
 
 

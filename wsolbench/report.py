@@ -166,19 +166,16 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collection:
             skipped.append(Skipped(str(path), str(exc)))
     columns = ["label", "method", "dataset", "seed", "path", "finished", "plugins", *METRICS, "histograms"]
     runs = pd.DataFrame(records, columns=columns)
-    if len(runs):
+    if len(runs):  # a rerun of the same label, dataset and seed replaces the older run, CRF row included
         runs = runs.sort_values(["finished", "path"], kind="stable")
-        duplicated = runs.duplicated(["label", "dataset", "seed"], keep="last")
-        latest = runs.drop_duplicates(["label", "dataset", "seed"], keep="last").set_index(
-            ["label", "dataset", "seed"]
-        )["path"]
-        for row in runs[duplicated].itertuples():
-            if not row.label.endswith(CRF_SUFFIX):  # the CRF row follows its run
-                skipped.append(
-                    Skipped(row.path, f"same label, dataset and seed as {latest[(row.label, row.dataset, row.seed)]}, "
-                            f"which is newer and is used")
-                )
-        runs = runs[~duplicated].reset_index(drop=True)
+        base = runs[~runs["label"].str.endswith(CRF_SUFFIX)]
+        keys = ["label", "dataset", "seed"]
+        latest = base.drop_duplicates(keys, keep="last").set_index(keys)["path"]
+        older = base[base.duplicated(keys, keep="last")]
+        for row in older.itertuples():
+            newer = latest[(row.label, row.dataset, row.seed)]
+            skipped.append(Skipped(row.path, f"same label, dataset and seed as {newer}, which is newer and is used"))
+        runs = runs[~runs["path"].isin(set(older["path"]))].reset_index(drop=True)
     return Collection(runs, skipped)
 
 
