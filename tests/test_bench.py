@@ -125,6 +125,15 @@ def test_complete_cells_are_skipped_incomplete_ones_set_aside(tmp_path):
     assert bench.run_cell(busy, fake).status == "busy" and calls == [cell.key]
 
 
+def test_report_rows_follow_the_suite_with_crf_rows_after_their_run(tmp_path):
+    cells = [bench.Cell(n, "m", "d", 0, "quick", tmp_path / n / "seed-0") for n in ("z", "a")]
+    runs = pd.DataFrame({
+        "path": [str(tmp_path / "a" / "seed-0"), str(tmp_path / "z" / "seed-0"), str(tmp_path / "z" / "seed-0")],
+        "label": ["A", "Z", "Z + CRF"],
+    })
+    assert bench.bench_rows(cells, runs) == ["Z", "Z + CRF", "A"]
+
+
 def test_launch_local_reports_a_failed_run(tmp_path):
     cell = bench.Cell("nope", "nope", "synthetic", 0, "quick", tmp_path / "synthetic" / "nope" / "seed-0")
     outcome = bench.run_cell(cell)  # a real subprocess; an unknown method fails before torch is imported

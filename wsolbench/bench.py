@@ -314,3 +314,24 @@ def run_suite(
         if on_done is not None:
             on_done(outcome)
     return outcomes
+
+
+def bench_rows(cells: Sequence[Cell], runs: Any) -> list[str]:
+    """The report's row labels in the suite's order, each run's CRF row right after it.
+
+    ``runs`` is :attr:`wsolbench.report.Collection.runs` for the cells' directories.
+    """
+    from wsolbench.report import CRF_SUFFIX
+
+    labels = set(runs["label"])
+    plain = runs[~runs["label"].str.endswith(CRF_SUFFIX)]
+    by_path = dict(zip(plain["path"], plain["label"]))
+    rows: list[str] = []
+    for cell in cells:
+        label = by_path.get(str(cell.run_dir))
+        if label is None:
+            continue
+        for name in (label, label + CRF_SUFFIX):
+            if name in labels and name not in rows:
+                rows.append(name)
+    return rows

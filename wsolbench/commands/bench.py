@@ -91,6 +91,7 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics) -> N
 
 def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
     from wsolbench import report as rep
+    from wsolbench.bench import bench_rows
     from wsolbench.console import err, out
 
     done = [c.run_dir for c in cells if c.run_dir.exists()]
@@ -101,13 +102,7 @@ def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
     if collection.runs.empty:
         err.print("no completed runs to report")
         return
-    by_path = dict(zip(collection.runs["path"], collection.runs["label"]))
-    rows = []
-    for cell in cells:  # the suite's order; a run's CRF row right after it
-        label = by_path.get(str(cell.run_dir))
-        for name in (label, f"{label}{rep.CRF_SUFFIX}"):
-            if label is not None and name in set(collection.runs["label"]) and name not in rows:
-                rows.append(name)
+    rows = bench_rows(cells, collection.runs)
     datasets = [d for d in suite.datasets if d in set(collection.runs["dataset"])]
     chosen = [m.strip() for value in metrics for m in value.split(",") if m.strip()] or rep.DEFAULT_METRICS
     summary = rep.summarize(collection.runs, chosen, rows, datasets)
