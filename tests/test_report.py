@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
 from wsolbench import report as rep
 
 
@@ -171,15 +170,28 @@ def test_latex_compiles(tmp_path, runs_root):
     assert (tmp_path / "doc.pdf").stat().st_size > 0
 
 
-def test_report_command_formats_files_and_skips(runs_root, tmp_path):
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``wsolbench ARGS`` in this interpreter: (exit status, stdout, stderr)."""
+    from wsolbench.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_report_command_formats_files_and_skips(runs_root, tmp_path, capsys):
     fake_run(runs_root, "broken", "cam-avg", "glas", 5, status="interrupted")
-    proc = run_cli("report", str(runs_root), "--output", str(tmp_path / "t.csv"), "--metrics", "all")
-    assert proc.returncode == 0, proc.stderr
-    assert "broken: status 'interrupted'" in proc.stderr
+    code, _, err = cli(capsys, "report", str(runs_root), "--output", str(tmp_path / "t.csv"), "--metrics", "all")
+    assert code == 0, err
+    assert "broken: status 'interrupted'" in err
     assert len(pd.read_csv(tmp_path / "t.csv")) == 4  # 2 labels x 2 datasets
-    proc = run_cli("report", str(runs_root), "--format", "markdown", "--rows", "minmax (u=4),cam-avg")
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    code, out, err = cli(capsys, "report", str(runs_root), "--format", "markdown", "--rows", "minmax (u=4),cam-avg")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| method") and "minmax" in lines[1] and "cam-avg" in lines[2]
-    proc = run_cli("report", str(runs_root), "--metrics", "f1")
-    assert proc.returncode == 2 and "Unknown metric 'f1'" in proc.stderr and "Traceback" not in proc.stderr
+    code, _, err = cli(capsys, "report", str(runs_root), "--metrics", "f1")
+    assert code == 2 and "Unknown metric 'f1'" in err and "Traceback" not in err

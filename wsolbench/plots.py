@@ -172,7 +172,7 @@ def pr_figure(curves: Sequence[Curve], title: str = "", threshold: float = 0.5) 
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"pixel precision-recall (dots: threshold {threshold:g})", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     return fig
 
 
