@@ -59,6 +59,13 @@ def test_parameters_from_the_dataset_then_overrides():
         crf.params_for(object(), {"sxy": 3})
 
 
+def test_bad_crf_parameters_are_refused_before_training():
+    with pytest.raises(ConfigError, match="unknown CRF parameters"):
+        config.resolve("cam-avg", sets=["eval.crf_params={sxy = 3}"])
+    with pytest.raises(ConfigError, match="at least one iteration"):
+        config.resolve("cam-avg", sets=["eval.crf_params={iterations = 0}"])
+
+
 def test_crf_without_pydensecrf_is_refused_before_training(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pydensecrf" else real(name, *a))

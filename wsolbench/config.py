@@ -367,6 +367,13 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("eval.pictures must be >= 0")
     if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:
         problems.append("eval.crf needs pydensecrf: pip install 'wsolbench[crf]' (the pydensecrf2 distribution)")
+    if cfg.eval.crf_params:
+        from wsolbench.crf import params_for
+
+        try:
+            params_for(None, cfg.eval.crf_params)
+        except (ConfigError, TypeError, ValueError) as exc:
+            problems.append(f"eval.crf_params: {exc}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         problems.append(f"device must be auto, cpu, cuda or cuda:N, not {cfg.device!r}")
     if problems:
