@@ -21,6 +21,7 @@ TINY = [
     "--set", "dataset.n_test=8",
     "--set", "train.batch_size=8",
     "--set", "eval.batch_size=8",
+    "--set", "eval.pictures=0",
     "--epochs", "1",
 ]
 

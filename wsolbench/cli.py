@@ -23,6 +23,9 @@ COMMANDS = {
     "run": ("wsolbench.commands.run:run", "Train and evaluate one method on one dataset."),
     "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
     "data": ("wsolbench.commands.data:data", "Check a dataset on disk or download its official files."),
+    "report": ("wsolbench.commands.report:report", "Tables and figures from run directories."),
+    "bench": ("wsolbench.commands.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
+    "evaluate": ("wsolbench.commands.evaluate:evaluate", "Score maps made by other code (one .npy per image)."),
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ class EvalConfig:
     bins: int = 1000  #: histogram bins of PxAP and best-threshold metrics
     every: int = 1  #: validate every N epochs
     pad_multiple: int = 32
+    pictures: int = 8  #: test images drawn in overlays.png, with pr_curve.png; 0: no pictures
+    crf: bool = False  #: also score the maps after dense-CRF post-processing (the ``crf`` extra)
+    crf_params: dict[str, Any] = field(default_factory=dict)  #: overrides of the dataset's CRF parameters
 
 
 @dataclass
@@ -75,6 +79,7 @@ class RunConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     data_root: str | None = None
+    label: str | None = None  #: the report's row name; None: the method's own label
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -112,7 +117,7 @@ class RunConfig:
 
 
 #: top-level keys; ``method`` and ``dataset`` are sections whose ``name`` picks the plug-in
-TOP_KEYS = ("profile", "seed", "device", "output_dir", "run_name", "data_root")
+TOP_KEYS = ("profile", "seed", "device", "output_dir", "run_name", "data_root", "label")
 FIXED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
 FREE_SECTIONS = ("method", "pooling", "dataset")
 
@@ -367,6 +372,19 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("eval.threshold must be in (0, 1)")
     if cfg.eval.bins < 2:
         problems.append("eval.bins must be >= 2")
+    if cfg.label is not None and not isinstance(cfg.label, str):
+        problems.append(f"label must be a string (quote it: --set 'label=\"{cfg.label}\"')")
+    if cfg.eval.pictures < 0:
+        problems.append("eval.pictures must be >= 0")
+    if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:
+        problems.append("eval.crf needs pydensecrf: pip install 'wsolbench[crf]' (the pydensecrf2 distribution)")
+    if cfg.eval.crf_params:
+        from wsolbench.crf import params_for
+
+        try:
+            params_for(None, cfg.eval.crf_params)
+        except (ConfigError, TypeError, ValueError) as exc:
+            problems.append(f"eval.crf_params: {exc}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         problems.append(f"device must be auto, cpu, cuda or cuda:N, not {cfg.device!r}")
     if problems:

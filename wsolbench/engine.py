@@ -22,6 +22,7 @@ from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.config import RunConfig
 from wsolbench.data import check_split_labels, eval_collate, seed_worker, train_collate
 from wsolbench.errors import CheckpointError, DataError, TrainingDivergedError, UserError
+from wsolbench.extras import TestExtras
 from wsolbench.interfaces import Dataset, Method, ModelSpec
 from wsolbench.metrics import LocalizationAccumulator, classification_error
 from wsolbench.plugins import get_host, registry
@@ -68,6 +69,8 @@ def build_method(cfg: RunConfig, num_classes: int) -> Method:
 
 
 def method_label(cfg: RunConfig) -> str:
+    if cfg.label:
+        return cfg.label
     cls = registry("method").resolve(cfg.method)
     return cls.label(cfg.method, {**cls.defaults, **cfg.method_params}) if hasattr(cls, "label") else cfg.method
 
@@ -242,8 +245,13 @@ def evaluate(
     localization: bool = True,
     ids: list[str] | None = None,
     on_step: Callable[[], None] | None = None,
+    on_map: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> Evaluation:
-    """Classification error and loss; with ``localization`` also F1+/F1-/PxAP and per-image rows."""
+    """Classification error and loss; with ``localization`` also F1+/F1-/PxAP and per-image rows.
+
+    ``on_map(index, map, mask)`` sees each test image's map as it is scored
+    (in [0, 1], at the mask's size): CRF scoring and pictures use it.
+    """
     device = precision.device
     method.eval()
     acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
@@ -274,8 +282,11 @@ def evaluate(
             mask = mask.to(device).reshape(mask.shape[-2:])
             if tuple(m.shape) != tuple(mask.shape):
                 m = F.interpolate(m[None, None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-            pos, neg = acc.update(m.clamp(0, 1), mask)
+            m = m.clamp(0, 1)
+            pos, neg = acc.update(m, mask)
             index = int(batch["index"][i])
+            if on_map is not None:
+                on_map(index, m, mask)
             rows.append(
                 {
                     "id": ids[index] if ids else str(index),
@@ -524,7 +535,10 @@ def _train_and_test(
         else:
             step = None
         ids = getattr(test_split, "ids", None)
-        test = evaluate(method, test_loader, precision, cfg, localization=True, ids=ids, on_step=step)
+        extras = TestExtras(cfg, dataset, test_split)
+        test = evaluate(
+            method, test_loader, precision, cfg, localization=True, ids=ids, on_step=step, on_map=extras.update
+        )
         eval_seconds = time.perf_counter() - t2
     results = {
         "schema_version": RUN_SCHEMA_VERSION,
@@ -544,6 +558,7 @@ def _train_and_test(
     }
     if test.accumulator is not None and test.accumulator.hist_fg is not None:
         run_dir.write_histograms(fg=test.accumulator.hist_fg.cpu().numpy(), bg=test.accumulator.hist_bg.cpu().numpy())
+    results.update(extras.finish(run_dir.path, test))
     run_dir.write_per_image(test.per_image)
     run_dir.write_results(results)
     run_dir.update_manifest(

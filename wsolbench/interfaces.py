@@ -186,6 +186,8 @@ class Dataset:
     defaults: ClassVar[dict[str, Any]] = {}
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     split_names: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
+    #: dense-CRF parameters (keys of :class:`wsolbench.crf.CrfParams`); ``None``: natural-image ones
+    crf_params: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, root: str | None = None, seed: int = 0, **params: Any):
         unknown = set(params) - set(self.defaults)

@@ -10,7 +10,10 @@ one flushed line at a time):
 ``metrics.jsonl``    one JSON line per finished epoch
 ``results.json``     test metrics (percent), ``n_images``, the method's report label
 ``per_image.csv``    one row per test image
-``histograms.npz``   the test set's foreground/background score histograms
+``histograms.npz``   the test set's foreground/background score histograms (``histograms_crf.npz``:
+                     after dense-CRF, with ``eval.crf``)
+``overlays.png``     the first ``eval.pictures`` test images with true and predicted masks
+``pr_curve.png``     the pixel precision-recall curve
 ``best.pt``          the model with the lowest validation error
 ``last.pt``          the latest finished epoch with everything needed to resume it
 ``lock``             held (``flock``) by the process writing the run; it names that process
@@ -48,9 +51,12 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 PER_IMAGE = "per_image.csv"
+HISTOGRAMS = "histograms.npz"
+CRF_HISTOGRAMS = "histograms_crf.npz"
+OVERLAYS = "overlays.png"
+PR_CURVE = "pr_curve.png"
 BEST = "best.pt"
 LAST = "last.pt"
-HISTOGRAMS = "histograms.npz"
 LOCK = "lock"
 
 #: errno values that mean "the disk is full"
@@ -273,13 +279,13 @@ class RunDir:
         with writing(self.path / PER_IMAGE):
             atomic_write_text(self.path / PER_IMAGE, buf.getvalue())
 
-    def write_histograms(self, **arrays: Any) -> None:
+    def write_histograms(self, name: str = HISTOGRAMS, **arrays: Any) -> None:
         import numpy as np
 
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        with writing(self.path / HISTOGRAMS):
-            atomic_write_bytes(self.path / HISTOGRAMS, buf.getvalue())
+        with writing(self.path / name):
+            atomic_write_bytes(self.path / name, buf.getvalue())
 
     def save_checkpoint(self, name: str, state: dict[str, Any], reserve_mb: float = 0.0) -> None:
         """Write a checkpoint atomically, first checking it leaves ``reserve_mb`` MiB free."""
@@ -311,6 +317,33 @@ class RunDir:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"cannot load checkpoint {path}: {exc}") from exc
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """Who holds the lock of the run in ``path`` right now (``None``: nobody).
+
+    Probes the ``flock`` without taking it for longer than the probe; on file
+    systems without locks, falls back on whether the recorded process lives.
+    """
+    import fcntl
+
+    lock = Path(path) / LOCK
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(lock)
+    except OSError:
+        pid = _read_pid(lock)
+        return _holder(lock) if pid is not None and _alive(pid) else None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_pid(path: Path) -> int | None:

@@ -143,5 +143,9 @@ def print_results(results: dict, run_dir: str) -> None:
         fmt(results.get("dice_best")), str(results["n_images"]),
     )
     out.print(table)
+    crf = results.get("crf")
+    if isinstance(crf, dict):
+        out.print(f"after dense CRF: F1+ {fmt(crf['f1_pos'])}, F1- {fmt(crf['f1_neg'])}, PxAP {fmt(crf['pxap'])}, "
+                  f"Dice@best {fmt(crf.get('dice_best'))}")
     out.print("F1+/F1-: per-image Dice at 0.5, mean over images. Dice@best: pooled, best threshold.")
     out.print(f"run directory: [bold]{run_dir}[/bold]")

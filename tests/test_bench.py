@@ -1,0 +1,237 @@
+"""Benchmark suites: the grid, skipping, failures, and the report of real runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import TINY, run_cli
+from wsolbench import bench
+from wsolbench.runs import RunDir
+from wsolbench import report as rep
+from wsolbench.cli import main
+from wsolbench.errors import UnknownNameError
+
+#: TINY's settings as suite lines, without training (the grid checks bookkeeping, not learning)
+TINY_SETS = [TINY[i + 1] for i in range(0, len(TINY), 2) if TINY[i] == "--set"] + ["train.epochs=0"]
+
+
+def write_suite(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def in_process(cell: bench.Cell, log: Path) -> int:
+    """A launcher that runs the cell's command line in this interpreter (no start-up cost)."""
+    try:
+        main(cell.command()[3:])  # drop "python -m wsolbench"
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_suite_grid_names_and_settings(tmp_path):
+    suite_file = write_suite(tmp_path / "s.toml", """
+[suite]
+name = "demo"
+seeds = [0, 3]
+datasets = ["glas", "synthetic"]
+methods = ["cam-avg"]
+set = ["train.epochs=2"]
+
+[datasets.glas]
+data_root = "data/glas"
+set = ["eval.crf=true"]
+
+[[runs]]
+method = "minmax"
+set = ["method.u=0"]
+datasets = ["glas"]
+
+[[runs]]
+method = "cam-avg"
+label = "CAM (lr 0.1)"
+set = ["train.lr=0.1"]
+""")
+    suite = bench.load_suite(suite_file, output_dir=tmp_path / "out", data_roots={"glas": "/d/glas"},
+                             extra_sets=["eval.bins=10"])
+    keys = [c.key for c in suite.cells]
+    assert keys == [
+        "glas/cam-avg/seed-0", "glas/cam-avg/seed-3", "glas/minmax+method.u-0/seed-0", "glas/minmax+method.u-0/seed-3",
+        "glas/CAM-lr-0.1/seed-0", "glas/CAM-lr-0.1/seed-3",
+        "synthetic/cam-avg/seed-0", "synthetic/cam-avg/seed-3", "synthetic/CAM-lr-0.1/seed-0",
+        "synthetic/CAM-lr-0.1/seed-3",
+    ]
+    cell = suite.cells[4]
+    assert cell.run_dir == tmp_path / "out" / "glas" / "CAM-lr-0.1" / "seed-0"
+    assert cell.sets == ("train.epochs=2", "eval.crf=true", "train.lr=0.1", "eval.bins=10")
+    argv = cell.command("py")
+    assert argv[:4] == ["py", "-m", "wsolbench", "run"]
+    assert argv[argv.index("--data-root") + 1] == "/d/glas"
+    assert argv[-2:] == ["--set", 'label="CAM (lr 0.1)"']
+    assert "--data-root" not in suite.cells[-1].command("py")
+    assert [c.key for c in suite.cells if c.matches(["synthetic/*/seed-3"])] == [
+        "synthetic/cam-avg/seed-3", "synthetic/CAM-lr-0.1/seed-3"]
+    assert len([c for c in suite.cells if c.matches(["minmax"])]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[suite]\ndatasets = ["a"]\nmethods = ["m"]\nseed = [0]\n', "Did you mean 'seeds'"),
+        ('[suite]\nmethods = ["m"]\n', "at least one dataset"),
+        ('[suite]\ndatasets = ["a"]\n', "runs nothing"),
+        ('[suite]\ndatasets = ["a"]\nmethods = ["m"]\n[datasets.b]\ndata_root = "x"\n', "Unknown key in [datasets]"),
+        ('[suite]\ndatasets = ["a"]\n[[runs]]\nmethod = "m"\n[[runs]]\nmethod = "m"\n', "give them labels"),
+        ('[suite]\ndatasets = ["a"]\nmethods = ["m"]\nprofile = "fast"\n', "Unknown profile"),
+        ('[suite]\ndatasets = ["a"]\nmethods = ["m"]\nseeds = 0\n', "list of integers"),
+    ],
+)
+def test_bad_suites_are_user_errors(tmp_path, body, message):
+    with pytest.raises(bench.SuiteError if "Unknown" not in message and "Did" not in message else UnknownNameError,
+                       match=message.replace("[", r"\[")):
+        bench.load_suite(write_suite(tmp_path / "s.toml", body))
+
+
+def test_complete_cells_are_skipped_incomplete_ones_set_aside(tmp_path):
+    cell = bench.Cell("x", "cam-avg", "synthetic", 0, "quick", tmp_path / "synthetic" / "x" / "seed-0")
+    calls = []
+
+    def fake(c: bench.Cell, log: Path) -> int:
+        calls.append(c.key)
+        c.run_dir.mkdir(parents=True)
+        (c.run_dir / "manifest.json").write_text(json.dumps({"status": "completed"}))
+        (c.run_dir / "results.json").write_text("{}")
+        return 0
+
+    cell.run_dir.mkdir(parents=True)
+    (cell.run_dir / "manifest.json").write_text(json.dumps({"status": "failed"}))
+    assert bench.state(cell) == "incomplete"
+    assert bench.run_cell(cell, fake).status == "completed"
+    assert (cell.run_dir.parent / "seed-0.attempt-1" / "manifest.json").is_file()  # kept, out of the way
+    assert bench.run_cell(cell, fake).status == "skipped" and calls == [cell.key]
+
+    busy = bench.Cell("y", "cam-avg", "synthetic", 0, "quick", tmp_path / "y" / "seed-0")
+    busy.run_dir.mkdir(parents=True)
+    (busy.run_dir / "lock").write_text(f"{os.getpid()}\nhost\n")  # a lock file nobody holds
+    assert bench.state(busy) == "incomplete"
+    holder = RunDir(busy.run_dir)
+    holder.acquire()  # a live writer holds the run's flock
+    try:
+        assert bench.run_cell(busy, fake).status == "busy" and calls == [cell.key]
+    finally:
+        holder.release()
+
+
+def test_report_rows_follow_the_suite_with_crf_rows_after_their_run(tmp_path):
+    cells = [bench.Cell(n, "m", "d", 0, "quick", tmp_path / n / "seed-0") for n in ("z", "a")]
+    runs = pd.DataFrame({
+        "path": [str(tmp_path / "a" / "seed-0"), str(tmp_path / "z" / "seed-0"), str(tmp_path / "z" / "seed-0")],
+        "label": ["A", "Z", "Z + CRF"],
+    })
+    assert bench.bench_rows(cells, runs) == ["Z", "Z + CRF", "A"]
+
+
+def test_launch_local_reports_a_failed_run(tmp_path):
+    cell = bench.Cell("nope", "nope", "synthetic", 0, "quick", tmp_path / "synthetic" / "nope" / "seed-0")
+    outcome = bench.run_cell(cell)  # a real subprocess; an unknown method fails before torch is imported
+    assert outcome.status == "failed" and outcome.returncode == 2
+    assert outcome.message.startswith("Error: Unknown method 'nope'")
+    assert outcome.log == tmp_path / "synthetic" / "nope" / "seed-0.log"
+
+
+# -- two labels x two seeds on the synthetic set, run for real (in this process) --
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    suite_file = write_suite(root / "two.toml", f"""
+[suite]
+name = "two"
+seeds = [0, 1]
+datasets = ["synthetic"]
+methods = ["cam-avg"]
+set = {json.dumps(TINY_SETS + ["eval.pictures=3"])}
+
+[[runs]]
+method = "cam-avg"
+label = "CAM-Avg at 0.4"
+set = ["eval.threshold=0.4"]
+""")
+    suite = bench.load_suite(suite_file, output_dir=root / "out")
+    outcomes = bench.run_suite(suite.cells, launch=in_process)
+    return root, suite, outcomes
+
+
+def test_the_grid_runs_and_a_second_pass_skips_it(grid):
+    _, suite, outcomes = grid
+    assert [o.status for o in outcomes] == ["completed"] * 4
+    again = bench.run_suite(suite.cells, launch=lambda c, log: pytest.fail(f"{c.key} ran again"))
+    assert [o.status for o in again] == ["skipped"] * 4
+
+
+def test_report_of_the_grid_matches_the_runs(grid, tmp_path):
+    root, suite, _ = grid
+    results = {}
+    for cell in suite.cells:
+        data = json.loads((cell.run_dir / "results.json").read_text())
+        results.setdefault(data["method_label"], []).append(data)
+    assert sorted(results) == ["CAM-Avg at 0.4", "cam-avg"] and all(len(v) == 2 for v in results.values())
+    assert results["cam-avg"][0]["f1_pos"] != results["CAM-Avg at 0.4"][0]["f1_pos"]
+    summary = rep.summarize(rep.collect([root / "out"]).runs, ["cl_error", "f1_pos", "f1_neg", "pxap"])
+    grid_cells = rep.cells(summary)
+    for label, runs in results.items():
+        for metric in ("f1_pos", "pxap"):
+            values = np.array([r[metric] for r in runs])
+            assert summary.at[(label, "synthetic"), f"{metric}_mean"] == pytest.approx(values.mean())
+            assert summary.at[(label, "synthetic"), f"{metric}_std"] == pytest.approx(values.std(ddof=1))
+            expected = f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+            assert grid_cells.text[label][("synthetic", metric)] == expected
+    back = pd.read_csv(io.StringIO(rep.to_csv(summary)))
+    assert back.set_index("label").loc["cam-avg", "f1_neg_mean"] == pytest.approx(
+        np.mean([r["f1_neg"] for r in results["cam-avg"]]), rel=1e-5)
+    if shutil.which("pdflatex"):
+        (tmp_path / "t.tex").write_text(rep.to_latex(summary))
+        (tmp_path / "d.tex").write_text(
+            "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\\input{t.tex}\\end{document}\n")
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_each_run_has_its_pictures(grid):
+    _, suite, _ = grid
+    for cell in suite.cells:
+        with Image.open(cell.run_dir / "overlays.png") as im:
+            assert im.size[1] == 3 * (160 + 14 + 4) + 4  # eval.pictures = 3 rows of 160-pixel tiles
+        assert (cell.run_dir / "pr_curve.png").stat().st_size > 1000
+
+
+def test_bench_command_continues_past_failures_and_reports(grid, tmp_path):
+    root, suite, _ = grid
+    out = tmp_path / "out"
+    shutil.copytree(suite.cells[0].run_dir, out / "synthetic" / "cam-avg" / "seed-0")
+    suite_file = write_suite(tmp_path / "s.toml", f"""
+[suite]
+seeds = [0]
+datasets = ["synthetic"]
+methods = ["nope", "cam-avg"]
+output_dir = "{out}"
+""")
+    proc = run_cli("bench", str(suite_file), "--dry-run")
+    assert proc.returncode == 0
+    assert "synthetic/nope/seed-0" in proc.stdout and "complete" in proc.stdout and "new" in proc.stdout
+    proc = run_cli("bench", str(suite_file))
+    assert proc.returncode == 1
+    assert "1 already complete, 1 failed" in proc.stderr
+    assert "Unknown method 'nope'" in proc.stderr
+    first = json.loads((suite.cells[0].run_dir / "results.json").read_text())
+    assert "cam-avg" in proc.stdout and f"{first['f1_pos']:.2f}" in proc.stdout  # the report table

@@ -1,0 +1,121 @@
+"""External score maps: validated per file, scored like wsolbench's own maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from wsolbench import config, scoremaps
+from wsolbench.cli import main
+from wsolbench.plugins import registry
+
+SETS = ["dataset.image_size=24", "dataset.n_test=6"]
+
+
+@pytest.fixture
+def split():
+    dataset = registry("dataset").create("synthetic", seed=0, image_size=24, n_test=6)
+    test = dataset.split("test", train=False)
+    masks = [test[i]["mask"][0].numpy() >= 0.5 for i in range(len(test))]
+    labels = [test[i]["label"] for i in range(len(test))]
+    return test.ids, masks, labels
+
+
+def hand_made_maps(folder, ids, masks):
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    maps = []
+    for image_id, mask in zip(ids, masks):
+        m = np.clip(0.35 * mask + 0.75 * rng.random(mask.shape), 0, 1).astype(np.float32)
+        if image_id.endswith("3"):
+            m = m[None]  # (1, H, W) is accepted
+        np.save(folder / f"{image_id}.npy", m)
+        maps.append(m.reshape(mask.shape))
+    return maps
+
+
+def slow_dice(pred, truth):
+    total = pred.sum() + truth.sum()
+    return 1.0 if total == 0 else 2.0 * (pred & truth).sum() / total
+
+
+def test_metrics_match_independent_computations(tmp_path, split):
+    ids, masks, labels = split
+    maps = hand_made_maps(tmp_path / "maps", ids, masks)
+    preds = [1 - labels[0], *labels[1:]]  # one wrong of six
+    (tmp_path / "preds.csv").write_text("id,pred\n" + "".join(f"{i},{p}\n" for i, p in zip(ids, preds)))
+    cfg = config.resolve(None, "synthetic", sets=SETS)
+    out = scoremaps.evaluate_directory(tmp_path / "maps", cfg, "test", tmp_path / "preds.csv", "mine")
+    results = out.finish()
+    assert results["method_label"] == "mine" and results["n_images"] == 6
+    assert results["cl_error"] == pytest.approx(100 / 6)
+    pos = [slow_dice(m >= 0.5, g) for m, g in zip(maps, masks)]
+    neg = [slow_dice(m < 0.5, ~g) for m, g in zip(maps, masks)]
+    assert results["f1_pos"] == pytest.approx(100 * np.mean(pos))
+    assert results["f1_neg"] == pytest.approx(100 * np.mean(neg))
+    values = np.concatenate([m.ravel() for m in maps])
+    truth = np.concatenate([g.ravel() for g in masks])
+    binned = np.floor(values * 1000) / 1000  # the 1000-bin histogram's thresholds
+    assert results["pxap"] == pytest.approx(100 * average_precision_score(truth, binned), abs=1e-6)
+    dices = [slow_dice(binned >= t, truth) for t in np.unique(binned)]
+    assert results["dice_best"] == pytest.approx(100 * max(dices))
+    assert results["threshold_best"] == pytest.approx(np.unique(binned)[int(np.argmax(dices))])
+    assert [r["id"] for r in out.per_image] == list(ids)
+
+
+def test_without_predictions_the_error_is_null(tmp_path, split):
+    ids, masks, _ = split
+    hand_made_maps(tmp_path / "maps", ids, masks)
+    np.save(tmp_path / "maps" / "stray.npy", np.zeros((24, 24), np.float32))
+    out = scoremaps.evaluate_directory(tmp_path / "maps", config.resolve(None, "synthetic", sets=SETS))
+    assert out.results["cl_error"] is None
+    assert out.unmatched == ["stray.npy"]
+
+
+def test_every_bad_file_is_reported(tmp_path, split):
+    ids, masks, _ = split
+    folder = tmp_path / "maps"
+    hand_made_maps(folder, ids, masks)
+    np.save(folder / f"{ids[0]}.npy", np.full((24, 24), np.nan, np.float32))
+    np.save(folder / f"{ids[1]}.npy", np.zeros((23, 24), np.float32))
+    np.save(folder / f"{ids[2]}.npy", np.full((24, 24), 1.5, np.float32))
+    (folder / f"{ids[3]}.npy").unlink()
+    np.save(folder / f"{ids[4]}.npy", np.zeros((24, 24), np.int64))
+    (folder / f"{ids[5]}.npy").write_bytes(b"not numpy")
+    with pytest.raises(scoremaps.ScoreMapError) as info:
+        scoremaps.evaluate_directory(folder, config.resolve(None, "synthetic", sets=SETS))
+    problems = {p.file: p.problem for p in info.value.problems}
+    assert problems[f"{ids[0]}.npy"] == "576 NaN values"
+    assert problems[f"{ids[1]}.npy"] == "shape (23, 24), expected (24, 24)"
+    assert problems[f"{ids[2]}.npy"] == "576 values outside [0, 1] (min 1.5, max 1.5)"
+    assert problems[f"{ids[3]}.npy"] == "missing"
+    assert problems[f"{ids[4]}.npy"] == "dtype int64, expected floating point"
+    assert problems[f"{ids[5]}.npy"].startswith("unreadable")
+
+
+def test_evaluate_command_exits_2_on_bad_maps_and_writes_a_reportable_run(tmp_path, split, capsys):
+    ids, masks, _ = split
+    folder = tmp_path / "maps"
+    hand_made_maps(folder, ids, masks)
+    args = ["evaluate", "--scoremaps", str(folder), "--dataset", "synthetic", *sum([["--set", s] for s in SETS], [])]
+    main([*args, "--output-dir", str(tmp_path / "out"), "--run-name", "ext", "--set", "eval.pictures=2"])
+    run = tmp_path / "out" / "ext"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "completed"
+    results = json.loads((run / "results.json").read_text())
+    assert results["method_label"] == "maps" and results["cl_error"] is None
+    for name in ("per_image.csv", "histograms.npz", "overlays.png", "pr_curve.png"):
+        assert (run / name).is_file(), name
+    from wsolbench import report
+
+    collected = report.collect([tmp_path / "out"])
+    assert list(collected.runs["label"]) == ["maps"] and collected.skipped == []
+
+    np.save(folder / f"{ids[2]}.npy", np.full((24, 24), -0.5, np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{ids[2]}.npy" in err and "outside [0, 1]" in err and "Traceback" not in err

@@ -1,0 +1,321 @@
+"""Benchmark suites: a grid of methods x datasets x seeds from a TOML file.
+
+A suite file::
+
+    [suite]
+    name = "cpu"                       # default: the file's name
+    profile = "quick"                  # quick | paper
+    seeds = [0, 1]
+    output_dir = "runs/cpu"            # default runs/<name>; --output-dir overrides
+    datasets = ["synthetic"]           # the report's column groups, in this order
+    methods = ["cam-avg", "cam-max"]   # each method with its own defaults
+    set = ["train.epochs=8"]           # settings for every run (as --set KEY=VALUE)
+
+    [datasets.glas]                    # optional, per dataset
+    data_root = "data/glas"            # --data-root glas=PATH overrides
+    set = ["eval.crf=true"]
+
+    [[runs]]                           # optional: a method with its own settings
+    method = "minmax"
+    set = ["method.u=0"]
+    label = "Min-max (u=0)"            # optional: the report's row name
+    datasets = ["glas"]                # optional: a subset of the suite's datasets
+
+Relative paths (``output_dir``, ``data_root``) are relative to the current
+directory. Settings apply in order: suite, dataset, run entry, command line.
+
+Each cell runs in a fresh interpreter (``python -m wsolbench run ...``: a crash
+or a memory leak stays in its cell) and goes to
+``<output_dir>/<dataset>/<name>/seed-<seed>``, where ``<name>`` is the entry's
+label, or the method's name followed by its settings. A cell whose directory
+holds a completed run is skipped; an incomplete one is renamed
+``seed-<seed>.attempt-<k>`` and run again. A failed cell (unknown method,
+missing data, a crash) is recorded and the grid goes on. :func:`launch_local`
+is the one place that starts a run; another launcher (a cluster scheduler) can
+replace it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsolbench import runs
+from wsolbench.config import PROFILES, load_toml
+from wsolbench.errors import ConfigError, UnknownNameError, UserError
+
+
+class SuiteError(ConfigError):
+    """A suite file that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    name: str  #: the entry's directory name
+    method: str
+    dataset: str
+    seed: int
+    profile: str
+    run_dir: Path
+    data_root: str | None = None
+    sets: tuple[str, ...] = ()
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}/seed-{self.seed}"
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """The ``wsolbench run`` command line of this cell."""
+        argv = [
+            python, "-m", "wsolbench", "run", "--quiet",
+            "--method", self.method, "--dataset", self.dataset, "--profile", self.profile,
+            "--seed", str(self.seed), "--output-dir", str(self.run_dir.parent), "--run-name", self.run_dir.name,
+        ]
+        if self.data_root:
+            argv += ["--data-root", self.data_root]
+        for item in self.sets:
+            argv += ["--set", item]
+        if self.label:
+            argv += ["--set", f"label={json.dumps(self.label)}"]
+        return argv
+
+    def matches(self, patterns: Sequence[str]) -> bool:
+        names = [self.key, self.dataset, self.name, self.method, f"{self.dataset}/{self.name}"]
+        return not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    profile: str
+    seeds: list[int]
+    output_dir: Path
+    datasets: list[str]
+    cells: list[Cell] = field(default_factory=list)
+
+
+# -- reading a suite --------------------------------------------------------------
+_SUITE_KEYS = ("name", "profile", "seeds", "output_dir", "datasets", "methods", "set")
+_DATASET_KEYS = ("data_root", "set")
+_RUN_KEYS = ("method", "set", "label", "datasets")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-.") or "run"
+
+
+def _check_table(table: Any, where: str, known: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where} must be a table")
+    for key in table:
+        if key not in known:
+            raise UnknownNameError(f"key in {where}", key, known)
+    return table
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SuiteError(f"{where} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SuiteError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def load_suite(
+    path: str | Path,
+    output_dir: str | Path | None = None,
+    data_roots: dict[str, str] | None = None,
+    extra_sets: Sequence[str] = (),
+) -> Suite:
+    """Read and check a suite file; ``output_dir``, ``data_roots`` and ``extra_sets`` come from the command line."""
+    path = Path(path)
+    doc = load_toml(path)
+    _check_table(doc, path.name, ("suite", "datasets", "runs"))
+    head = _check_table(doc.get("suite", {}), "[suite]", _SUITE_KEYS)
+    name = _string(head.get("name", path.stem), "suite.name")
+    profile = _string(head.get("profile", "quick"), "suite.profile")
+    if profile not in PROFILES:
+        raise UnknownNameError("profile", profile, PROFILES)
+    seeds = head.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SuiteError(f"suite.seeds must be a non-empty list of integers, got {seeds!r}")
+    datasets = _strings(head.get("datasets"), "suite.datasets") if "datasets" in head else []
+    if not datasets:
+        raise SuiteError("suite.datasets must name at least one dataset")
+    suite_sets = _strings(head.get("set", []), "suite.set")
+    out = Path(output_dir if output_dir is not None else head.get("output_dir", f"runs/{_slug(name)}"))
+
+    per_dataset = _check_table(doc.get("datasets", {}), "[datasets]", datasets)
+    roots: dict[str, str | None] = {}
+    dataset_sets: dict[str, list[str]] = {}
+    for dataset in datasets:
+        table = _check_table(per_dataset.get(dataset, {}), f"[datasets.{dataset}]", _DATASET_KEYS)
+        roots[dataset] = _string(table["data_root"], f"datasets.{dataset}.data_root") if "data_root" in table else None
+        dataset_sets[dataset] = _strings(table.get("set", []), f"datasets.{dataset}.set")
+    for dataset, root in (data_roots or {}).items():
+        if dataset not in datasets:
+            raise UnknownNameError("dataset for --data-root", dataset, datasets)
+        roots[dataset] = root
+
+    entries: list[dict[str, Any]] = [{"method": m} for m in _strings(head.get("methods", []), "suite.methods")]
+    runs = doc.get("runs", [])
+    if not isinstance(runs, list):
+        raise SuiteError("[[runs]] must be an array of tables")
+    for i, entry in enumerate(runs):
+        entry = _check_table(entry, f"[[runs]] #{i + 1}", _RUN_KEYS)
+        if "method" not in entry:
+            raise SuiteError(f"[[runs]] #{i + 1} names no method")
+        entries.append(entry)
+    if not entries:
+        raise SuiteError("the suite runs nothing: give suite.methods or [[runs]] entries")
+
+    suite = Suite(name, path, profile, list(seeds), out, datasets)
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        where = f"entry {i + 1} ({entry['method']})"
+        method = _string(entry["method"], f"{where}: method")
+        sets = _strings(entry.get("set", []), f"{where}: set")
+        label = _string(entry["label"], f"{where}: label") if "label" in entry else None
+        targets = _strings(entry["datasets"], f"{where}: datasets") if "datasets" in entry else datasets
+        for dataset in targets:
+            if dataset not in datasets:
+                raise UnknownNameError(f"dataset in {where}", dataset, datasets)
+        dirname = _slug(label) if label else _slug("+".join([method, *sets]))
+        if dirname in seen:
+            raise SuiteError(f"{where} and {seen[dirname]} share the directory name {dirname!r}: give them labels")
+        seen[dirname] = where
+        for dataset in datasets:  # the suite's order, whatever the entry's
+            if dataset not in targets:
+                continue
+            for seed in seeds:
+                suite.cells.append(
+                    Cell(
+                        name=dirname, method=method, dataset=dataset, seed=seed, profile=profile,
+                        run_dir=out / _slug(dataset) / dirname / f"seed-{seed}", data_root=roots[dataset],
+                        sets=tuple(suite_sets + dataset_sets[dataset] + sets + list(extra_sets)), label=label,
+                    )
+                )
+    suite.cells.sort(key=lambda c: datasets.index(c.dataset))
+    return suite
+
+
+# -- running ----------------------------------------------------------------------
+def _set_aside(run_dir: Path) -> Path:
+    """Rename an incomplete run directory out of the way; returns its new path."""
+    for k in range(1, 10_000):
+        target = run_dir.with_name(f"{run_dir.name}.attempt-{k}")
+        if not target.exists():
+            run_dir.rename(target)
+            return target
+    raise UserError(f"too many earlier attempts beside {run_dir}")
+
+
+def state(cell: Cell) -> str:
+    """``complete``, ``running`` (locked by a live process), ``incomplete`` or ``new``."""
+    if runs.is_complete(cell.run_dir):
+        return "complete"
+    if cell.run_dir.exists():
+        return "running" if runs.lock_holder(cell.run_dir) else "incomplete"
+    return "new"
+
+
+def launch_local(cell: Cell, log: Path) -> int:
+    """Run one cell in a fresh interpreter, its output in ``log``; returns the exit status."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as stream:
+        return subprocess.run(cell.command(), stdout=stream, stderr=subprocess.STDOUT, check=False).returncode
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    status: str  #: ``completed``, ``skipped`` (complete before), ``failed``, ``busy`` (another process runs it)
+    seconds: float = 0.0
+    returncode: int | None = None
+    message: str = ""
+    log: Path | None = None
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if line.startswith("Error:")]
+    return (errors or lines or [""])[-1]
+
+
+def run_cell(cell: Cell, launch: Callable[[Cell, Path], int] = launch_local) -> Outcome:
+    """Run one cell unless it is complete or running elsewhere."""
+    now = state(cell)
+    if now == "complete":
+        return Outcome(cell, "skipped", message="already complete")
+    if now == "running":
+        return Outcome(cell, "busy", message=f"being written by {runs.lock_holder(cell.run_dir)}")
+    if now == "incomplete":
+        _set_aside(cell.run_dir)
+    log = cell.run_dir.with_name(f"{cell.run_dir.name}.log")
+    start = time.perf_counter()
+    code = launch(cell, log)
+    seconds = time.perf_counter() - start
+    if code == 0 and runs.is_complete(cell.run_dir):
+        return Outcome(cell, "completed", seconds, code, log=log)
+    message = _last_error(log) or (f"exit status {code}" if code else "the run ended without completing")
+    return Outcome(cell, "failed", seconds, code, message, log)
+
+
+def run_suite(
+    cells: Iterable[Cell],
+    launch: Callable[[Cell, Path], int] = launch_local,
+    on_start: Callable[[int, int, Cell], None] | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run every cell in turn, past failures; returns one outcome per cell."""
+    cells = list(cells)
+    outcomes = []
+    for i, cell in enumerate(cells):
+        if on_start is not None:
+            on_start(i, len(cells), cell)
+        outcome = run_cell(cell, launch)
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return outcomes
+
+
+def bench_rows(cells: Sequence[Cell], runs: Any) -> list[str]:
+    """The report's row labels in the suite's order, each run's CRF row right after it.
+
+    ``runs`` is :attr:`wsolbench.report.Collection.runs` for the cells' directories.
+    """
+    from wsolbench.report import CRF_SUFFIX
+
+    labels = set(runs["label"])
+    plain = runs[~runs["label"].str.endswith(CRF_SUFFIX)]
+    by_path = dict(zip(plain["path"], plain["label"]))
+    rows: list[str] = []
+    for cell in cells:
+        label = by_path.get(str(cell.run_dir))
+        if label is None:
+            continue
+        for name in (label, label + CRF_SUFFIX):
+            if name in labels and name not in rows:
+                rows.append(name)
+    return rows

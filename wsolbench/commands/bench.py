@@ -1,0 +1,109 @@
+"""``wsolbench bench``: run a benchmark suite (methods x datasets x seeds) and report it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _data_roots(items: tuple[str, ...]) -> dict[str, str]:
+    from wsolbench.errors import UserError
+
+    roots = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--data-root expects DATASET=PATH (for example glas=/data/glas), got {item!r}")
+        roots[name.strip()] = path.strip()
+    return roots
+
+
+@click.command("bench")
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.option("--output-dir", "-o", default=None, help="Where the suite's runs go (overrides suite.output_dir).")
+@click.option("--data-root", "data_roots", multiple=True, metavar="DATASET=PATH", help="A dataset's folder.")
+@click.option("--only", multiple=True, metavar="PATTERN",
+              help="Only cells matching a glob on DATASET/NAME/seed-S, the dataset, the name or the method.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A setting for every run (after the suite's).")
+@click.option("--dry-run", is_flag=True, help="List the grid and each cell's state; run nothing.")
+@click.option("--metrics", multiple=True, metavar="M1,M2", help="The report's columns (see `wsolbench report`).")
+def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics) -> None:  # noqa: ANN001
+    """Run every cell of SUITE_FILE (a TOML benchmark suite), then print the report table.
+
+    Cells already complete are skipped; a failed cell does not stop the
+    others and is listed at the end (exit status 1). See wsolbench/bench.py
+    and benchmarks/*.toml for the suite format.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from wsolbench import bench as bench_mod
+    from wsolbench import report as rep
+    from wsolbench.console import err, out
+
+    suite = bench_mod.load_suite(suite_file, output_dir, _data_roots(data_roots), list(sets))
+    cells = [c for c in suite.cells if c.matches(only)]
+    err.print(
+        f"[bold]wsolbench bench[/bold] {escape(suite.name)}: {len(cells)} of {len(suite.cells)} cells, "
+        f"profile {suite.profile}, output {escape(str(suite.output_dir))}"
+    )
+    if dry_run:
+        table = Table(show_edge=False)
+        for col in ("cell", "method", "state", "run directory"):
+            table.add_column(col)
+        for cell in cells:
+            table.add_row(escape(cell.key), escape(cell.method), bench_mod.state(cell), escape(str(cell.run_dir)))
+        rep.print_table(table, out)
+        return
+
+    def on_start(i: int, n: int, cell: bench_mod.Cell) -> None:
+        err.print(f"[{i + 1}/{n}] {escape(cell.key)} ({escape(cell.method)}) ...", end=" ", highlight=False)
+
+    def on_done(outcome: bench_mod.Outcome) -> None:
+        colour = {"completed": "green", "skipped": "dim", "failed": "red", "busy": "yellow"}[outcome.status]
+        detail = f" in {outcome.seconds:.1f} s" if outcome.status == "completed" else ""
+        detail += f": {escape(outcome.message)}" if outcome.message else ""
+        err.print(f"[{colour}]{outcome.status}[/{colour}]{detail}", highlight=False)
+
+    outcomes = bench_mod.run_suite(cells, on_start=on_start, on_done=on_done)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("completed", "skipped", "failed", "busy")}
+    err.print(
+        f"{counts['completed']} run, {counts['skipped']} already complete, {counts['failed']} failed"
+        + (f", {counts['busy']} running elsewhere" if counts["busy"] else "")
+    )
+    problems = [o for o in outcomes if o.status in ("failed", "busy")]
+    if problems:
+        table = Table(title="cells not completed", title_justify="left", show_edge=False)
+        for col in ("cell", "method", "exit", "reason", "log"):
+            table.add_column(col)
+        for o in problems:
+            table.add_row(
+                escape(o.cell.key), escape(o.cell.method), "" if o.returncode is None else str(o.returncode),
+                escape(o.message), escape(str(o.log or "")),
+            )
+        err.print(table)
+
+    _print_report(suite, [o.cell for o in outcomes], metrics)
+    if problems:
+        sys.exit(1)
+
+
+def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
+    from wsolbench import report as rep
+    from wsolbench.bench import bench_rows
+    from wsolbench.console import err, out
+
+    done = [c.run_dir for c in cells if c.run_dir.exists()]
+    if not done:
+        err.print("no completed runs to report")
+        return
+    collection = rep.collect(done)
+    if collection.runs.empty:
+        err.print("no completed runs to report")
+        return
+    rows = bench_rows(cells, collection.runs)
+    datasets = [d for d in suite.datasets if d in set(collection.runs["dataset"])]
+    chosen = [m.strip() for value in metrics for m in value.split(",") if m.strip()] or rep.DEFAULT_METRICS
+    summary = rep.summarize(collection.runs, chosen, rows, datasets)
+    rep.print_table(rep.to_rich(summary, title=f"suite {suite.name}"), out)

@@ -1,0 +1,96 @@
+"""``wsolbench evaluate``: score maps made by other code with wsolbench's metrics."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("evaluate")
+@click.option("--scoremaps", "scoremaps_dir", required=True, type=click.Path(),
+              help="Folder of <image id>.npy maps, float in [0, 1].")
+@click.option("--dataset", "-d", required=True, help="Dataset name (see `wsolbench list datasets`).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset.")
+@click.option("--split", default="test", show_default=True, help="The split the maps are for.")
+@click.option("--profile", type=click.Choice(["quick", "paper"]), default=None,
+              help="The profile whose dataset settings the maps were made with (default quick).")
+@click.option("--seed", type=int, default=None, help="The dataset's seed (splits, synthetic images); default 0.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A dataset.* or eval.* setting.")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="CSV with id and pred (class index) columns, for the classification error.")
+@click.option("--crf/--no-crf", default=False, help="Also score the maps after dense-CRF post-processing.")
+@click.option("--label", default=None, help="The report's row name (default: the folder's name).")
+@click.option("--output-dir", "-o", default=None,
+              help="Also write a run directory here (results, per-image scores, pictures) for `wsolbench report`.")
+@click.option("--run-name", default=None, help="Its name (default scoremaps-<dataset>-<label>).")
+def evaluate(scoremaps_dir, dataset, data_root, split, profile, seed, sets, predictions, crf, label, output_dir,
+             run_name) -> None:  # noqa: ANN001
+    """Score the maps in --scoremaps on a dataset split with wsolbench's metrics.
+
+    Every file is checked first (missing, unreadable, wrong shape, not float,
+    NaN or infinite values, values outside [0, 1]); the problems are listed
+    per file and the command exits with status 2 without scoring. Maps may be
+    at the mask's size or at the evaluation image's size.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from wsolbench import config as config_mod
+    from wsolbench import scoremaps
+    from wsolbench.console import err, out
+
+    options = {"data_root": data_root, "seed": seed, "eval": {"crf": crf or None}}
+    cfg = config_mod.resolve(None, dataset, profile, None, options, list(sets))
+    if output_dir is None:
+        cfg.eval.pictures = 0
+    try:
+        evaluation = scoremaps.evaluate_directory(scoremaps_dir, cfg, split, predictions, label)
+    except scoremaps.ScoreMapError as exc:
+        table = Table(title=f"problems with {escape(str(scoremaps_dir))}", title_justify="left", show_edge=False)
+        table.add_column("file")
+        table.add_column("problem", style="red")
+        for problem in exc.problems:
+            table.add_row(escape(problem.file), escape(problem.problem))
+        err.print(table)
+        err.print(f"[red]Error:[/red] {len(exc.problems)} problem(s); nothing was scored.")
+        sys.exit(exc.exit_code)
+    if evaluation.unmatched:
+        shown = ", ".join(evaluation.unmatched[:3]) + (" ..." if len(evaluation.unmatched) > 3 else "")
+        err.print(f"[yellow]note:[/yellow] {len(evaluation.unmatched)} .npy file(s) match no image of the split: "
+                  f"{escape(shown)}")
+    if output_dir is not None:
+        name = run_name or f"scoremaps-{cfg.dataset}-{evaluation.results['method_label']}"
+        path = scoremaps.write_run(evaluation, cfg, output_dir, name, ["wsolbench", *sys.argv[1:]])
+    else:
+        evaluation.finish(None)
+        path = None
+    print_scores(evaluation.results)
+    if path is not None:
+        out.print(f"run directory: [bold]{escape(str(path))}[/bold]")
+
+
+def print_scores(results: dict) -> None:
+    """The metrics of ``results``, with a second row after dense-CRF when present."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from wsolbench.console import out
+
+    table = Table(title=f"{escape(results['method_label'])} on {escape(results['dataset'])} "
+                        f"({results.get('split', 'test')}, {results['n_images']} images)")
+    keys = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best")
+    table.add_column("maps")
+    for title in ("cl. error %", "F1+", "F1-", "PxAP", "Dice*", "IoU*", "thr.*"):
+        table.add_column(title, justify="right")
+
+    def fmt(scores: dict, key: str) -> str:
+        x = scores.get(key)
+        return "-" if x is None or x != x else f"{x:.{3 if key == 'threshold_best' else 2}f}"  # noqa: PLR0124
+
+    table.add_row("as given", *(fmt(results, k) for k in keys))
+    if isinstance(results.get("crf"), dict):
+        table.add_row("dense CRF", fmt(results, "cl_error"), *(fmt(results["crf"], k) for k in keys[1:]))
+    out.print(table)
+    out.print("F1+/F1-: per-image Dice at 0.5, mean over images. *: pooled over the set at the best threshold "
+              "(a different protocol).")

@@ -1,0 +1,115 @@
+"""What the test evaluation produces besides the metrics: CRF-refined metrics and pictures.
+
+:class:`TestExtras` receives every test map as the engine scores it
+(``evaluate(..., on_map=extras.update)``) and, at the end, adds to the run's
+results and directory:
+
+- with ``eval.crf = true``: the metrics of the dense-CRF-refined maps, as
+  ``results["crf"]`` (same keys as the plain metrics, plus the CRF parameters),
+  per-image ``crf_f1_pos`` / ``crf_f1_neg`` columns in ``per_image.csv`` and the
+  refined maps' score histograms in ``histograms_crf.npz``;
+- with ``eval.pictures = N > 0``: ``overlays.png`` (the first N test images with
+  their true and predicted masks) and ``pr_curve.png`` (pixel precision-recall).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsolbench.metrics import LocalizationAccumulator
+from wsolbench.runs import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
+
+
+
+def raw_rgb(split: Any, index: int, size: tuple[int, int]) -> np.ndarray:
+    """Item ``index``'s RGB image as ``(H, W, 3)`` uint8 at ``size``.
+
+    Splits built on :class:`wsolbench.data.SampleDataset` give the decoded
+    image before any transform; for other splits the normalised tensor is
+    stretched back to [0, 255] per channel (its colours are then approximate).
+    """
+    raw = getattr(split, "raw", None)
+    if callable(raw):
+        image = raw(index)[0].float()
+    else:
+        image = split[index]["image"].float()
+        lo = image.amin(dim=(1, 2), keepdim=True)
+        hi = image.amax(dim=(1, 2), keepdim=True)
+        image = 255.0 * (image - lo) / (hi - lo).clamp_min(1e-12)
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return image.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+class TestExtras:
+    """Collects CRF metrics and picture material from the test maps; see the module docstring."""
+
+    def __init__(self, cfg: Any, dataset: Any, split: Any, ids: list[str] | None = None):
+        self.split = split
+        self.ids = ids if ids is not None else getattr(split, "ids", None)
+        self.threshold = cfg.eval.threshold
+        self.pictures = cfg.eval.pictures
+        self.crf_params = None
+        if cfg.eval.crf:
+            from wsolbench import crf
+
+            crf.require_pydensecrf()
+            self.crf_params = crf.params_for(dataset, cfg.eval.crf_params)
+            self.crf_acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
+        self.crf_scores: list[tuple[float, float]] = []
+        self.samples: list[Any] = []
+
+    def update(self, index: int, prob: Tensor, mask: Tensor) -> None:
+        """One test image's map (in [0, 1], at the mask's size) and its mask."""
+        if self.crf_params is None and len(self.samples) >= self.pictures:
+            return
+        image = raw_rgb(self.split, index, tuple(mask.shape[-2:]))
+        prob_np = prob.detach().float().cpu().numpy()
+        refined = None
+        if self.crf_params is not None:
+            from wsolbench.crf import refine
+
+            refined = refine(prob_np, image, self.crf_params)
+            pos, neg = self.crf_acc.update(torch.from_numpy(refined), mask.detach().cpu())
+            self.crf_scores.append((round(float(pos), 4), round(float(neg), 4)))
+        if len(self.samples) < self.pictures:
+            from wsolbench.plots import Sample
+
+            name = self.ids[index] if self.ids else str(index)
+            truth = mask.detach().cpu().numpy().reshape(prob_np.shape) >= 0.5
+            self.samples.append(Sample(name, image, truth, prob_np, refined))
+
+    def finish(self, run_path: str | Path | None, test: Any) -> dict[str, Any]:
+        """Add CRF columns to ``test.per_image`` and, in ``run_path`` (unless None), write the
+        CRF histograms and the pictures; returns the results to add."""
+        import dataclasses
+
+        out: dict[str, Any] = {}
+        if self.crf_params is not None:
+            out["crf"] = {**self.crf_acc.compute(), "params": dataclasses.asdict(self.crf_params)}
+            for row, (pos, neg) in zip(test.per_image, self.crf_scores):
+                row["crf_f1_pos"], row["crf_f1_neg"] = pos, neg
+        if run_path is None:
+            return out
+        run_path = Path(run_path)
+        if self.crf_params is not None and self.crf_acc.hist_fg is not None:
+            RunDir(run_path).write_histograms(
+                CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy()
+            )
+        if self.samples:
+            from wsolbench import plots
+
+            plots.draw_overlays(self.samples, run_path / OVERLAYS, self.threshold)
+            acc = test.accumulator
+            if acc is not None and acc.hist_fg is not None:
+                curves = [plots.Curve("maps", acc.hist_fg.cpu().numpy(), acc.hist_bg.cpu().numpy())]
+                if self.crf_params is not None:
+                    curves.append(plots.Curve("CRF", self.crf_acc.hist_fg.numpy(), self.crf_acc.hist_bg.numpy()))
+                plots.draw_pr_curves(curves, (run_path / PR_CURVE).with_suffix(""), threshold=self.threshold)
+        return out

@@ -1,0 +1,237 @@
+"""Score maps made outside wsolbench, scored with wsolbench's metrics.
+
+The contract (as in clovaai/wsolevaluation): a folder with one ``<id>.npy`` per
+image of the split, ``<id>`` being the split's image id (the ``id`` column of a
+run's ``per_image.csv``; an id with ``/`` is a sub-folder). Each file holds a
+2-D floating-point array (a leading axis of length 1 is accepted) with values
+in [0, 1] (1e-6 of rounding is tolerated and clipped), no NaN or infinity, at
+the size of the image's mask, or at the size of the image as the dataset's
+evaluation transform gives it (then resized bilinearly to the mask's size, as
+wsolbench does with its own maps). Every file is checked; all problems are
+reported together, per file, and nothing is scored while any remains.
+
+Class predictions are optional: a CSV with ``id`` and ``pred`` columns (class
+indices; a run's ``per_image.csv`` qualifies) gives the classification error;
+without one it is ``null``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsolbench.errors import UserError
+
+TOLERANCE = 1e-6
+
+
+@dataclass
+class Problem:
+    file: str
+    problem: str
+
+
+class ScoreMapError(UserError):
+    """Score maps (or predictions) that break the contract; ``problems`` lists them per file."""
+
+    def __init__(self, problems: list[Problem], directory: str | Path):
+        self.problems = problems
+        super().__init__(
+            f"{len(problems)} problem{'s' * (len(problems) > 1)} with the score maps in {directory}: "
+            + "; ".join(f"{p.file}: {p.problem}" for p in problems[:5])
+            + (" ..." if len(problems) > 5 else "")
+        )
+
+
+def _shape_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    return " or ".join(str(tuple(s)) for s in dict.fromkeys(tuple(s) for s in shapes))
+
+
+def check_map(path: Path, shapes: Sequence[tuple[int, int]]) -> tuple[np.ndarray | None, str | None]:
+    """``(map, None)`` for a valid file, ``(None, problem)`` otherwise."""
+    if not path.is_file():
+        return None, "missing"
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for a bad file
+        return None, f"unreadable: {type(exc).__name__}: {exc}"
+    if not isinstance(array, np.ndarray):
+        return None, "not a single array (an .npz archive?)"
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if tuple(array.shape) not in {tuple(s) for s in shapes}:
+        return None, f"shape {tuple(array.shape)}, expected {_shape_text(shapes)}"
+    if not np.issubdtype(array.dtype, np.floating):
+        return None, f"dtype {array.dtype}, expected floating point"
+    array = array.astype(np.float32)
+    nan = int(np.isnan(array).sum())
+    if nan:
+        return None, f"{nan} NaN value{'s' * (nan > 1)}"
+    inf = int(np.isinf(array).sum())
+    if inf:
+        return None, f"{inf} infinite value{'s' * (inf > 1)}"
+    outside = int(((array < -TOLERANCE) | (array > 1 + TOLERANCE)).sum())
+    if outside:
+        return None, f"{outside} value{'s' * (outside > 1)} outside [0, 1] (min {array.min():.4g}, max {array.max():.4g})"
+    return np.clip(array, 0.0, 1.0), None
+
+
+def read_predictions(path: str | Path, ids: Sequence[str], num_classes: int) -> tuple[dict[str, int], list[Problem]]:
+    """``{id: class index}`` from a CSV with ``id`` and ``pred`` columns, and its problems."""
+    import pandas as pd
+
+    name = str(path)
+    try:
+        table = pd.read_csv(path, dtype={"id": str})
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
+        return {}, [Problem(name, f"unreadable: {exc}")]
+    missing_columns = [c for c in ("id", "pred") if c not in table.columns]
+    if missing_columns:
+        return {}, [Problem(name, f"no column {', '.join(missing_columns)} (need id and pred)")]
+    preds: dict[str, int] = {}
+    problems = []
+    for row in table.itertuples(index=False):
+        value = row.pred
+        if isinstance(value, (int, np.integer)) or (isinstance(value, float) and float(value).is_integer()):
+            if 0 <= int(value) < num_classes:
+                preds[str(row.id)] = int(value)
+                continue
+        problems.append(Problem(name, f"id {row.id}: pred {value!r} is not a class index in [0, {num_classes})"))
+    absent = [i for i in ids if i not in preds]
+    if absent:
+        problems.append(Problem(name, f"no prediction for {len(absent)} image(s), e.g. {', '.join(absent[:3])}"))
+    return preds, problems
+
+
+@dataclass
+class ScoreMapEvaluation:
+    results: dict[str, Any]
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    accumulator: Any = None
+    unmatched: list[str] = field(default_factory=list)  #: .npy files that are no image of the split
+    extras: Any = None
+
+    def finish(self, run_path: str | Path | None = None) -> dict[str, Any]:
+        """Add the CRF scores (with ``eval.crf``) and, in ``run_path``, draw the pictures; returns the results."""
+        from wsolbench.engine import Evaluation
+
+        self.results.update(self.extras.finish(run_path, Evaluation({}, self.per_image, self.accumulator)))
+        return self.results
+
+
+def write_run(evaluation: ScoreMapEvaluation, cfg: Any, output_dir: str | Path, name: str, argv: list[str]) -> Path:
+    """A run directory that ``wsolbench report`` reads like any other run; returns its path."""
+    from wsolbench import runs
+
+    run_dir = runs.RunDir.create(output_dir, name)
+    config = cfg.to_dict()
+    config["method"] = {"name": "external", "scoremaps": evaluation.results["scoremaps"]}
+    run_dir.write_config(config)
+    manifest = runs.new_manifest(config, "cpu", argv)
+    manifest["method_label"] = evaluation.results["method_label"]
+    run_dir.write_manifest(manifest)
+    try:
+        evaluation.finish(run_dir.path)
+        hist = evaluation.accumulator
+        np.savez_compressed(run_dir.path / runs.HISTOGRAMS, fg=hist.hist_fg.cpu().numpy(), bg=hist.hist_bg.cpu().numpy())
+        run_dir.write_per_image(evaluation.per_image)
+        run_dir.write_results(evaluation.results)
+        run_dir.update_manifest(status="completed", finished=runs.now())
+    except BaseException as exc:
+        run_dir.update_manifest(status="failed", finished=runs.now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        run_dir.release()
+    return run_dir.path
+
+
+def evaluate_directory(
+    directory: str | Path,
+    cfg: Any,
+    split_name: str = "test",
+    predictions: str | Path | None = None,
+    label: str | None = None,
+) -> ScoreMapEvaluation:
+    """Validate every map of ``directory`` against ``cfg``'s dataset split, then score them.
+
+    Raises :class:`ScoreMapError` listing every problem. ``cfg.eval.crf`` and
+    ``cfg.eval.pictures`` work as in a run once :meth:`ScoreMapEvaluation.finish`
+    (or :func:`write_run`) is called.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from wsolbench import RUN_SCHEMA_VERSION
+    from wsolbench.engine import build_dataset
+    from wsolbench.extras import TestExtras
+    from wsolbench.metrics import LocalizationAccumulator
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"score map folder {directory} does not exist")
+    dataset = build_dataset(cfg)
+    if split_name not in dataset.split_names:
+        from wsolbench.errors import UnknownNameError
+
+        raise UnknownNameError("split", split_name, dataset.split_names)
+    split = dataset.split(split_name, train=False)
+    ids = list(getattr(split, "ids", [str(i) for i in range(len(split))]))
+    problems: list[Problem] = []
+    preds: dict[str, int] = {}
+    if predictions is not None:
+        preds, problems = read_predictions(predictions, ids, dataset.num_classes)
+
+    acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
+    extras = TestExtras(cfg, dataset, split, ids)
+    rows, wrong = [], 0
+    for index, image_id in enumerate(ids):
+        item = split[index]
+        mask = item["mask"].reshape(item["mask"].shape[-2:])
+        shapes = [tuple(mask.shape), tuple(item["image"].shape[-2:])]
+        array, problem = check_map(directory / f"{image_id}.npy", shapes)
+        if problem is not None:
+            problems.append(Problem(f"{image_id}.npy", problem))
+        if problems:  # keep checking the other files, score nothing
+            continue
+        prob = torch.from_numpy(array)
+        if tuple(prob.shape) != tuple(mask.shape):
+            prob = F.interpolate(prob[None, None], size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
+            prob = prob.clamp(0, 1)
+        pos, neg = acc.update(prob, mask)
+        extras.update(index, prob, mask)
+        row = {"id": image_id, "label": int(item["label"])}
+        if preds:
+            row["pred"] = preds[image_id]
+            wrong += int(preds[image_id] != row["label"])
+        rows.append({**row, "f1_pos": round(float(pos), 4), "f1_neg": round(float(neg), 4)})
+    if problems:
+        raise ScoreMapError(problems, directory)
+
+    known = {f"{i}.npy" for i in ids}
+    unmatched = sorted(str(p.relative_to(directory)) for p in directory.rglob("*.npy")
+                       if str(p.relative_to(directory)) not in known)
+    results: dict[str, Any] = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "method": "external",
+        "method_label": label or directory.resolve().name,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "profile": cfg.profile,
+        "split": split_name,
+        "scoremaps": str(directory.resolve()),
+        "cl_error": 100.0 * wrong / len(ids) if preds and ids else None,
+        **acc.compute(),
+        "protocol": {
+            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
+            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
+            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
+        },
+    }
+    if not math.isfinite(results["pxap"]):
+        results["pxap"] = None  # no foreground pixel in the split
+    return ScoreMapEvaluation(results, rows, acc, unmatched, extras)
