@@ -176,3 +176,16 @@ def test_engine_gives_training_masks_only_to_methods_that_need_them(spy, gets_ma
     engine.train_one_epoch(method, loader, optimizer, engine.Precision.choose(device, False), cfg, 0)
     assert len(spy.seen) == len(loader)
     assert all(("mask" in keys) == gets_masks for keys in spy.seen)
+
+
+# -- profiles ---------------------------------------------------------------------
+BASELINES = ["cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil", "gradcam", "unet"]
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_paper_profile_is_the_papers_baseline_setup(name):
+    cfg = config.resolve(name, "synthetic", "paper")
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet18", True)
+    assert cfg.train.nesterov and cfg.train.momentum > 0
+    quick = config.resolve(name, "synthetic", "quick")
+    assert quick.model.pretrained is False  # the quick profile trains from scratch (no download)
