@@ -32,11 +32,13 @@ from torch import Tensor
 
 from wsolbench.interfaces import Method, ModelSpec
 
-#: a small CPU-sized network for the checks: ResNet-18 from scratch, dilated to stride 8
+#: the network of the quick profile: ResNet-18 from scratch, dilated to output stride 8
 TINY_MODEL = ModelSpec(backbone="resnet18", pretrained=False, backbone_params={"output_stride": 8})
 
 
-def make_batch(num_classes: int, size: tuple[int, int], n: int = 2, masks: bool = True, seed: int = 0) -> dict[str, Tensor]:
+def make_batch(
+    num_classes: int, size: tuple[int, int], n: int = 2, masks: bool = True, seed: int = 0
+) -> dict[str, Tensor]:
     """A random training batch in the engine's format (``mask`` only when ``masks``)."""
     g = torch.Generator().manual_seed(seed)
     h, w = size
