@@ -64,3 +64,8 @@ def test_stripe_period_is_on_objects_only():
     short, long = dominant_period(0), dominant_period(1)
     assert abs(short - ds.periods[0]) < 1.0
     assert abs(long - ds.periods[1]) < 2.5
+
+
+def test_split_iterates_to_its_end():
+    ds = Synthetic(seed=0, image_size=32, n_train=6, n_valid=4, n_test=3)
+    assert [item["index"] for item in ds.split("test")] == [0, 1, 2]

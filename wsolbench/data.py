@@ -64,6 +64,8 @@ class SampleDataset(torch.utils.data.Dataset):
         return self.load(index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"item {index} of a split of {self.length}")
         image, mask, label = self.raw(index)
         if self.transform is not None:
             image, mask = self.transform(*to_tv(image, mask))

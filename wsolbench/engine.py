@@ -550,6 +550,7 @@ def _train_and_test(
         "best_epoch": state.best["epoch"],
         "valid_error": None if state.best["epoch"] < 0 else state.best["cl_error"],
         **{k: v for k, v in test.metrics.items() if k != "loss"},
+        **({} if method.classifies else {"cl_error": None}),
         "protocol": {
             "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
             "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",

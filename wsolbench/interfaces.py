@@ -60,6 +60,8 @@ class Method(nn.Module):
     needs_grad_at_inference: ClassVar[bool] = False
     #: ``False`` for methods with nothing to train (they skip the training loop)
     trainable: ClassVar[bool] = True
+    #: ``False`` for methods that make no class prediction (their ``cl_error`` is reported as null)
+    classifies: ClassVar[bool] = True
     #: pooling used when the configuration names none (``None``: no pooling head)
     default_pooling: ClassVar[str | None] = None
     #: hyper-parameters and their defaults; the keys ``--set method.KEY=VALUE`` accepts
