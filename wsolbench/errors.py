@@ -32,11 +32,12 @@ class UnknownNameError(UserError, KeyError):
     def __init__(self, kind: str, name: str, choices: Iterable[str]):
         self.kind, self.name = kind, name
         self.choices = sorted(choices)
-        close = difflib.get_close_matches(name, self.choices, n=3, cutoff=0.5)
-        if not close:
-            lowered = {c.lower().replace("_", "-"): c for c in self.choices}
-            key = name.lower().replace("_", "-")
-            close = [lowered[key]] if key in lowered else []
+        lowered = {c.lower().replace("_", "-"): c for c in self.choices}
+        key = name.lower().replace("_", "-")
+        if key in lowered:  # only the spelling differs: that is the one
+            close = [lowered[key]]
+        else:
+            close = difflib.get_close_matches(name, self.choices, n=3, cutoff=0.5)
         msg = f"Unknown {kind} {name!r}."
         if close:
             msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
