@@ -19,9 +19,11 @@ Methods that override ``training_step``
     on the data, as in min-max's recursive erasing) accumulate gradients
     locally under ``no_sync``; then one backward pass of a zero loss over the
     parameters that received a gradient makes DDP average the accumulated
-    gradients. DDP runs with ``find_unused_parameters``, so a parameter that
-    only some processes used is averaged too, and one that no process used
-    keeps no gradient, as in a single process. These methods keep per-process
+    gradients. DDP runs with ``find_unused_parameters`` for them, so a
+    parameter that only some processes used is averaged too, and one that no
+    process used keeps no gradient, as in a single process. (Methods with the
+    default step must use every trainable parameter in ``training_loss``: DDP
+    then runs without that search, and the first step checks it.) These methods keep per-process
     BatchNorm even on CUDA: SyncBatchNorm communicates in every forward pass,
     which needs the same number of passes on every process.
 
@@ -311,12 +313,13 @@ def training_step(method: Any, ctx: Context, device: Any) -> TrainStep:
         return method.training_step
     from torch.nn.parallel import DistributedDataParallel
 
+    several_backwards = overrides_training_step(method)
     ddp = DistributedDataParallel(
         _runner()(method),
         device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True,
+        find_unused_parameters=several_backwards,
     )
-    if overrides_training_step(method):
+    if several_backwards:
 
         def accumulate_then_average(batch: dict[str, Any], backward: Callable[[Any], None]) -> Any:
             with ddp.no_sync():
@@ -326,9 +329,21 @@ def training_step(method: Any, ctx: Context, device: Any) -> TrainStep:
 
         return accumulate_then_average
 
+    checked = False
+
     def one_backward(batch: dict[str, Any], backward: Callable[[Any], None]) -> Any:
+        nonlocal checked
         out = ddp(method.training_loss, batch)
         backward(out.loss)
+        if not checked:  # DDP without unused-parameter detection would leave such gradients unaveraged
+            unused = [name for name, p in method.named_parameters() if p.requires_grad and p.grad is None]
+            if unused:
+                raise DistributedError(
+                    f"method {type(method).__name__} leaves parameters out of its training loss "
+                    f"({', '.join(unused[:4])}{' ...' if len(unused) > 4 else ''}); across processes a method must "
+                    f"use every trainable parameter in training_loss, or override training_step"
+                )
+            checked = True
         return out
 
     return one_backward

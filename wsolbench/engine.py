@@ -633,22 +633,10 @@ def _train_and_test(
         )
         extras.gather(dist)
         eval_seconds = time.perf_counter() - t2
-    results = {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "method": cfg.method,
-        "method_label": method_label(cfg),
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "profile": cfg.profile,
-        "best_epoch": state.best["epoch"],
-        "valid_error": None if state.best["epoch"] < 0 else state.best["cl_error"],
-        **{k: v for k, v in test.metrics.items() if k != "loss"},
-        "protocol": {
-            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
-            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
-            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
-        },
-    }
+    results = test_results(
+        cfg, test.metrics, best_epoch=state.best["epoch"],
+        valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
+    )
     if test.accumulator is not None and test.accumulator.hist_fg is not None:
         run_dir.write_histograms(fg=test.accumulator.hist_fg.cpu().numpy(), bg=test.accumulator.hist_bg.cpu().numpy())
     results.update(extras.finish(run_dir.path if dist.is_main else None, test))
@@ -664,6 +652,25 @@ def _train_and_test(
         best_epoch=state.best["epoch"],
     )
     return results
+
+
+def test_results(cfg: RunConfig, metrics: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``results.json``: the run's identity, ``fields``, the test metrics and the protocol."""
+    return {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "method": cfg.method,
+        "method_label": method_label(cfg),
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "profile": cfg.profile,
+        **fields,
+        **{k: v for k, v in metrics.items() if k != "loss"},
+        "protocol": {
+            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
+            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
+            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
+        },
+    }
 
 
 def plugin_versions() -> dict[str, str]:
