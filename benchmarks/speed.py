@@ -32,7 +32,6 @@ channels-last on both sides.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -239,7 +238,7 @@ def numpy_metrics(maps: np.ndarray, masks: np.ndarray, bins: int, threshold: flo
     fp = np.cumsum(hist_bg[::-1]).astype(np.float64)
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     recall = tp / tp[-1]
-    pxap = 100.0 * float(np.sum(precision * np.diff(recall, prepend=0.0)))
+    pxap = 100.0 * float(np.cumsum(precision * np.diff(recall, prepend=0.0))[-1])  # summed in order
     return {"f1_pos": np.array(f1_pos), "f1_neg": np.array(f1_neg), "hist_fg": hist_fg, "hist_bg": hist_bg,
             "pxap": pxap}
 
@@ -303,14 +302,13 @@ def minmax(args: argparse.Namespace, device: torch.device) -> None:
            str(size), "--backbone", args.backbone, "--workers", "0", "--seed", str(args.seed)]
     print(f"  {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = proc.stdout.splitlines()
-    wanted = [line for line in lines if re.match(r"\s*(training time|peak memory|u=0 training|u=\d+ training|"
-                                                 r"\s*mean erasing|\s*growth)", line)]
-    if proc.returncode != 0 or not wanted:
+    lines = proc.stdout.rstrip().splitlines()
+    blank = max((i for i, line in enumerate(lines) if not line.strip()), default=None)
+    if proc.returncode != 0 or blank is None:
         print("  the erasing benchmark did not finish:")
         print("\n".join("    " + line for line in (proc.stdout + proc.stderr).splitlines()[-15:]))
         return
-    print("\n".join("  " + line.strip() for line in wanted))
+    print("\n".join("  " + line for line in lines[blank + 1:]))  # its summary: the lines after the last blank one
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -149,7 +149,7 @@ def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor) -> dict[str, float]:
     if n_fg > 0:
         recall = tp / n_fg
         steps = torch.diff(recall, prepend=recall.new_zeros(1))
-        pxap = 100.0 * (precision * steps).sum().item()
+        pxap = 100.0 * torch.cumsum(precision * steps, 0)[-1].item()  # summed in order: reproducible to the bit
     else:
         pxap = float("nan")
     fn = n_fg - tp
