@@ -39,7 +39,7 @@ Files
     Only rank 0 writes the run directory (its path is broadcast to the others),
     prints progress and results, and loads checkpoints; model states reach the
     other processes by broadcast, so the run directory need not be on a shared
-    file system.
+    file system (except to resume a run: see :func:`wsolbench.engine.resume`).
 """
 
 from __future__ import annotations
