@@ -98,10 +98,10 @@ class LocalizationAccumulator:
         self.f1_pos.append(pos)
         self.f1_neg.append(neg)
         # one bincount for both histograms: background bins 0..B, foreground bins B+1..2B+1;
-        # truncation is the floor on [0, bins]; int16 indices are the fastest to convert and count
+        # truncation is the floor on [0, bins]; int16 indices are the fastest to convert and to count
         index_type = torch.int16 if 2 * (self.bins + 1) <= torch.iinfo(torch.int16).max else torch.int64
         index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
-        index.add_(gt.to(index_type), alpha=self.bins + 1)
+        index.add_(gt, alpha=self.bins + 1)
         both = torch.bincount(index.flatten(), minlength=2 * (self.bins + 1))
         bg, fg = both[: self.bins + 1], both[self.bins + 1 :]
         self.hist_fg = fg if self.hist_fg is None else self.hist_fg + fg
