@@ -112,6 +112,21 @@ def _one_step(method: Method, rank: int, world: int) -> dict:
     }
 
 
+def start_two(fn, args: tuple, timeout: float = 300) -> None:
+    """``fn(rank, *args)`` in two forked processes; fails (and stops them) if they take over ``timeout`` seconds."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=args, nprocs=2, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.terminate()
+            raise TimeoutError(f"{fn.__name__} did not finish within {timeout} s")
+
+
 def free_port() -> int:
     import socket
 

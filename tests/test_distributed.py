@@ -74,10 +74,8 @@ def test_ddp_averages_gradients_of_one_and_of_several_backward_passes(tmp_path):
     and uses a parameter on rank 1 only (and one nowhere), as min-max's
     recursive erasing can.
     """
-    import torch.multiprocessing as mp
-
     store = str(tmp_path / "store")
-    mp.start_processes(distributed_support.check_steps, args=(2, store), nprocs=2, start_method="fork")
+    distributed_support.start_two(distributed_support.check_steps, (2, store))
     for rank in range(2):
         result = json.loads((tmp_path / f"store.{rank}.json").read_text())
         for kind in ("one", "several"):
@@ -86,12 +84,9 @@ def test_ddp_averages_gradients_of_one_and_of_several_backward_passes(tmp_path):
 
 def _two_processes(tmp_path, *argv: str) -> list[str]:
     """``wsolbench ARGV`` on two processes as torchrun starts them; returns each one's output."""
-    import torch.multiprocessing as mp
-
     logs = str(tmp_path / "log")
     port = distributed_support.free_port()
-    mp.start_processes(distributed_support.cli_as_rank, args=(2, port, list(argv), logs), nprocs=2,
-                       start_method="fork")
+    distributed_support.start_two(distributed_support.cli_as_rank, (2, port, list(argv), logs))
     return [open(f"{logs}.{rank}").read() for rank in range(2)]
 
 
