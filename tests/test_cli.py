@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, run_cli
+from wsolbench.cli import COMMANDS
 
 
-def test_list_does_not_import_torch():
+def test_list_and_help_pages_do_not_import_torch():
+    calls = [["list"], ["--help"], *([name, "--help"] for name in COMMANDS)]
     code = (
         "import sys; from wsolbench.cli import main\n"
-        "try:\n    main(['list'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'list imported torch'\n"
+        f"for argv in {calls!r}:\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "    assert 'torch' not in sys.modules, f'{argv} imported torch'\n"
         "assert 'timm' not in sys.modules\n"
         "print('OK-NO-TORCH')\n"
     )
@@ -24,6 +27,8 @@ def test_list_does_not_import_torch():
     assert proc.returncode == 0, proc.stderr
     assert "OK-NO-TORCH" in proc.stdout
     assert "cam-avg" in proc.stdout and "synthetic" in proc.stdout
+    for name in COMMANDS:  # every help page was printed
+        assert f"Usage: wsolbench {name}" in proc.stdout, name
 
 
 def test_list_filters_with_globs():

@@ -15,6 +15,9 @@ A suite file::
     data_root = "data/glas"            # --data-root glas=PATH overrides
     set = ["eval.crf=true"]
 
+    [slurm]                            # optional: jobs of `bench --launcher slurm` (wsolbench.slurm)
+    partition = "gpu"
+
     [[runs]]                           # optional: a method with its own settings
     method = "minmax"
     set = ["method.u=0"]
@@ -31,8 +34,8 @@ label, or the method's name followed by its settings. A cell whose directory
 holds a completed run is skipped; an incomplete one is renamed
 ``seed-<seed>.attempt-<k>`` and run again. A failed cell (unknown method,
 missing data, a crash) is recorded and the grid goes on. :func:`launch_local`
-is the one place that starts a run; another launcher (a cluster scheduler) can
-replace it.
+is the one place that starts a run; :mod:`wsolbench.slurm` submits the same
+command lines as cluster jobs instead (``bench --launcher slurm``).
 """
 
 from __future__ import annotations
@@ -104,12 +107,16 @@ class Suite:
     output_dir: Path
     datasets: list[str]
     cells: list[Cell] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)  #: the ``[slurm]`` table (see :mod:`wsolbench.slurm`)
 
 
 # -- reading a suite --------------------------------------------------------------
 _SUITE_KEYS = ("name", "profile", "seeds", "output_dir", "datasets", "methods", "set")
 _DATASET_KEYS = ("data_root", "set")
 _RUN_KEYS = ("method", "set", "label", "datasets")
+#: the ``[slurm]`` table's keys (see :mod:`wsolbench.slurm`)
+SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
+              "additional")
 
 
 def _slug(text: str) -> str:
@@ -146,7 +153,7 @@ def load_suite(
     """Read and check a suite file; ``output_dir``, ``data_roots`` and ``extra_sets`` come from the command line."""
     path = Path(path)
     doc = load_toml(path)
-    _check_table(doc, path.name, ("suite", "datasets", "runs"))
+    _check_table(doc, path.name, ("suite", "datasets", "runs", "slurm"))
     head = _check_table(doc.get("suite", {}), "[suite]", _SUITE_KEYS)
     name = _string(head.get("name", path.stem), "suite.name")
     profile = _string(head.get("profile", "quick"), "suite.profile")
@@ -185,7 +192,8 @@ def load_suite(
     if not entries:
         raise SuiteError("the suite runs nothing: give suite.methods or [[runs]] entries")
 
-    suite = Suite(name, path, profile, list(seeds), out, datasets)
+    suite = Suite(name, path, profile, list(seeds), out, datasets, slurm=_check_table(doc.get("slurm", {}), "[slurm]",
+                                                                                     SLURM_KEYS))
     seen: dict[str, str] = {}
     for i, entry in enumerate(entries):
         where = f"entry {i + 1} ({entry['method']})"
@@ -264,6 +272,17 @@ def _last_error(log: Path) -> str:
 
 def run_cell(cell: Cell, launch: Callable[[Cell, Path], int] = launch_local) -> Outcome:
     """Run one cell unless it is complete or running elsewhere."""
+    early = prepare_cell(cell)
+    if early is not None:
+        return early
+    log = log_path(cell)
+    start = time.perf_counter()
+    code = launch(cell, log)
+    return finish_cell(cell, code, time.perf_counter() - start, log)
+
+
+def prepare_cell(cell: Cell) -> Outcome | None:
+    """The outcome of a cell that must not run (complete, or being written); else set an incomplete one aside."""
     now = state(cell)
     if now == "complete":
         return Outcome(cell, "skipped", message="already complete")
@@ -271,13 +290,19 @@ def run_cell(cell: Cell, launch: Callable[[Cell, Path], int] = launch_local) -> 
         return Outcome(cell, "busy", message=f"being written by {runs.lock_holder(cell.run_dir)}")
     if now == "incomplete":
         _set_aside(cell.run_dir)
-    log = cell.run_dir.with_name(f"{cell.run_dir.name}.log")
-    start = time.perf_counter()
-    code = launch(cell, log)
-    seconds = time.perf_counter() - start
+    return None
+
+
+def log_path(cell: Cell) -> Path:
+    """Where the output of the cell's run goes: ``seed-<seed>.log`` beside its directory."""
+    return cell.run_dir.with_name(f"{cell.run_dir.name}.log")
+
+
+def finish_cell(cell: Cell, code: int | None, seconds: float, log: Path, message: str = "") -> Outcome:
+    """The outcome of a cell whose run ended with exit status ``code`` (``None``: it never ran to an end)."""
     if code == 0 and runs.is_complete(cell.run_dir):
         return Outcome(cell, "completed", seconds, code, log=log)
-    message = _last_error(log) or (f"exit status {code}" if code else "the run ended without completing")
+    message = message or _last_error(log) or (f"exit status {code}" if code else "the run ended without completing")
     return Outcome(cell, "failed", seconds, code, message, log)
 
 

@@ -26,6 +26,7 @@ COMMANDS = {
     "report": ("wsolbench.commands.report:report", "Tables and figures from run directories."),
     "bench": ("wsolbench.commands.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
     "evaluate": ("wsolbench.commands.evaluate:evaluate", "Score maps made by other code (one .npy per image)."),
+    "evaluate-run": ("wsolbench.commands.evaluate_run:evaluate_run", "Score a run's checkpoint again (any process count)."),
 }
 
 

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsolbench import RUN_SCHEMA_VERSION
+from wsolbench import RUN_SCHEMA_VERSION, distributed
 from wsolbench.config import RunConfig
 from wsolbench.data import check_split_labels, eval_collate, seed_worker, train_collate
+from wsolbench.distributed import SINGLE, Context, TrainStep
 from wsolbench.errors import CheckpointError, DataError, TrainingDivergedError, UserError
 from wsolbench.extras import TestExtras
 from wsolbench.interfaces import Dataset, Method, ModelSpec
@@ -76,8 +77,14 @@ def method_label(cfg: RunConfig) -> str:
 
 
 def make_loader(
-    split: torch.utils.data.Dataset, cfg: RunConfig, train: bool, device: torch.device, seed_offset: int = 0
+    split: torch.utils.data.Dataset,
+    cfg: RunConfig,
+    train: bool,
+    device: torch.device,
+    seed_offset: int = 0,
+    dist: Context = SINGLE,
 ) -> torch.utils.data.DataLoader:
+    """Training (shuffled) or evaluation (in order) batches; with ``dist``, this process's share of them."""
     if len(split) == 0:
         raise DataError("a split is empty: check the data root and the split files")
     generator = torch.Generator().manual_seed(cfg.seed + seed_offset)
@@ -94,9 +101,7 @@ def make_loader(
 
     return torch.utils.data.DataLoader(
         split,
-        batch_size=batch,
-        shuffle=train,
-        drop_last=train and len(split) > batch,  # a batch of one breaks batch norm
+        **dist.loader_sampling(len(split), batch, train, cfg.seed),  # drop_last: a batch of one breaks batch norm
         collate_fn=collate,
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -164,9 +169,17 @@ def train_one_epoch(
     cfg: RunConfig,
     epoch: int,
     on_step: Callable[[], None] | None = None,
+    step_fn: TrainStep | None = None,
+    dist: Context = SINGLE,
 ) -> dict[str, float]:
-    """One pass over the training split; returns mean loss, training error and the method's logs."""
+    """One pass over the training split; returns mean loss, training error and the method's logs.
+
+    ``step_fn(batch, backward)`` replaces ``method.training_step`` (under DDP,
+    see :func:`wsolbench.distributed.training_step`); the returned figures are
+    over all processes of ``dist``.
+    """
     device = precision.device
+    step_fn = step_fn or method.training_step
     method.train()
     keys = ("image", "label", "index") + (("mask",) if method.needs_masks else ())
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -174,20 +187,21 @@ def train_one_epoch(
     seen = 0
     extra: dict[str, Tensor] = {}
     check_every = 1 if device.type == "cpu" else 25
+    scaler = precision.scaler
+
+    def backward(loss: Tensor) -> None:
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
     for step, raw in enumerate(loader):
         batch = to_device(raw, device, keys)
         if cfg.train.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-
-        def backward(loss: Tensor) -> None:
-            if precision.scaler is not None:
-                precision.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-
         with precision.autocast():
-            out = method.training_step(batch, backward)
+            out = step_fn(batch, backward)
         loss = out.loss.detach().float()
         if step % check_every == 0 and not bool(torch.isfinite(loss)):
             raise TrainingDivergedError(
@@ -215,11 +229,14 @@ def train_one_epoch(
             extra[k] = extra.get(k, torch.zeros((), dtype=torch.float64, device=v.device)) + v * n
         if on_step is not None:
             on_step()
-    mean_loss = (total_loss / max(seen, 1)).item()
+    sums = dist.sum({"loss": total_loss.item(), "wrong": wrong.item(), "seen": seen,
+                     **{f"train_{k}": v.item() for k, v in extra.items()}})
+    seen = max(sums.pop("seen"), 1)
+    mean_loss = sums.pop("loss") / seen
     if not math.isfinite(mean_loss):
         raise TrainingDivergedError(f"the training loss became {mean_loss} during epoch {epoch}")
-    logs = {"train_loss": mean_loss, "train_error": 100.0 * wrong.item() / max(seen, 1)}
-    logs.update({f"train_{k}": (v / max(seen, 1)).item() for k, v in extra.items()})
+    logs = {"train_loss": mean_loss, "train_error": 100.0 * sums.pop("wrong") / seen}
+    logs.update({k: v / seen for k, v in sums.items()})
     return logs
 
 
@@ -246,16 +263,20 @@ def evaluate(
     ids: list[str] | None = None,
     on_step: Callable[[], None] | None = None,
     on_map: Callable[[int, Tensor, Tensor], None] | None = None,
+    dist: Context = SINGLE,
 ) -> Evaluation:
     """Classification error and loss; with ``localization`` also F1+/F1-/PxAP and per-image rows.
 
-    ``on_map(index, map, mask)`` sees each test image's map as it is scored
-    (in [0, 1], at the mask's size): CRF scoring and pictures use it.
+    Scores stay on the device until the end; images of a batch that share a
+    size are scored together. ``on_map(index, map, mask)`` sees each test
+    image's map as it is scored (in [0, 1], at the mask's size): CRF scoring and
+    pictures use it. With ``dist``, ``loader`` holds this process's share and the
+    result covers every process's images, in order (see :mod:`wsolbench.distributed`).
     """
     device = precision.device
     method.eval()
     acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
-    all_logits, all_labels, rows = [], [], []
+    indices, all_logits, all_labels = [], [], []
     grad = localization and method.needs_grad_at_inference
     for batch in _iterate(loader, on_step):
         images = batch["image"].to(device, non_blocking=True)
@@ -267,45 +288,71 @@ def evaluate(
                 logits, maps = method.infer(images)
             else:
                 logits, maps = method.predict(images), None
-        logits = logits.detach().float()
-        all_logits.append(logits)
+        all_logits.append(logits.detach().float())
         all_labels.append(labels)
+        indices.append(batch["index"])
         if maps is None:
             continue
         maps = maps.detach().float()
         if not bool(torch.isfinite(maps).all()):
             bad = [int(i) for i in batch["index"][~torch.isfinite(maps.cpu()).flatten(1).all(1)]]
             raise UserError(f"method {cfg.method!r} produced NaN or infinite maps for test items {bad}")
-        preds = logits.argmax(1)
-        for i, ((h, w), mask) in enumerate(zip(batch["sizes"], batch["masks"])):
-            m = maps[i, :h, :w]
-            mask = mask.to(device).reshape(mask.shape[-2:])
-            if tuple(m.shape) != tuple(mask.shape):
-                m = F.interpolate(m[None, None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-            m = m.clamp(0, 1)
-            pos, neg = acc.update(m, mask)
-            index = int(batch["index"][i])
-            if on_map is not None:
-                on_map(index, m, mask)
-            rows.append(
-                {
-                    "id": ids[index] if ids else str(index),
-                    "label": int(labels[i]),
-                    "pred": int(preds[i]),
-                    "f1_pos": round(float(pos), 4),
-                    "f1_neg": round(float(neg), 4),
-                }
-            )
-    logits = torch.cat(all_logits)
-    labels = torch.cat(all_labels)
+        _score_batch(acc, maps, batch, device, on_map)
+    per_image = {"logits": _cat(all_logits), "label": _cat(all_labels)}
+    totals = {}
+    if localization:
+        per_image.update(f1_pos=_cat(acc.f1_pos), f1_neg=_cat(acc.f1_neg))
+        totals = {"fg": acc.hist_fg, "bg": acc.hist_bg}
+    index, scores, hist = dist.collect(_cat(indices), per_image, totals)
+    logits, labels = scores["logits"], scores["label"]
     metrics = {
         "cl_error": classification_error(logits, labels),
         "loss": F.cross_entropy(logits, labels).item(),
     }
+    rows: list[dict[str, Any]] = []
     if localization:
+        acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold, f1_pos=[scores["f1_pos"]],
+                                      f1_neg=[scores["f1_neg"]], hist_fg=hist["fg"], hist_bg=hist["bg"])
         metrics.update(acc.compute())
+        columns = zip(index.tolist(), labels.tolist(), logits.argmax(1).tolist(), scores["f1_pos"].tolist(),
+                      scores["f1_neg"].tolist())
+        rows = [
+            {"id": ids[i] if ids else str(i), "label": y, "pred": p, "f1_pos": round(pos, 4), "f1_neg": round(neg, 4)}
+            for i, y, p, pos, neg in columns
+        ]
     metrics["n_images"] = int(labels.numel())
     return Evaluation(metrics, rows, acc if localization else None)
+
+
+def _cat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat(tensors) if tensors else torch.empty(0)
+
+
+def _score_batch(
+    acc: LocalizationAccumulator,
+    maps: Tensor,
+    batch: dict[str, Any],
+    device: torch.device,
+    on_map: Callable[[int, Tensor, Tensor], None] | None,
+) -> None:
+    """Score a batch's maps against its masks, images of one size and mask size together, in batch order."""
+    sizes = [(tuple(hw), tuple(mask.shape[-2:])) for hw, mask in zip(batch["sizes"], batch["masks"])]
+    start = 0
+    while start < len(sizes):  # runs of equal sizes keep the images in order
+        end = start + 1
+        while end < len(sizes) and sizes[end] == sizes[start]:
+            end += 1
+        (h, w), mask_size = sizes[start]
+        m = maps[start:end, :h, :w]
+        masks = torch.stack([mk.reshape(mask_size) for mk in batch["masks"][start:end]]).to(device, non_blocking=True)
+        if (h, w) != mask_size:
+            m = F.interpolate(m[:, None], size=mask_size, mode="bilinear", align_corners=False)[:, 0]
+        m = m.clamp(0, 1)
+        acc.update(m, masks)
+        if on_map is not None:
+            for j in range(end - start):
+                on_map(int(batch["index"][start + j]), m[j], masks[j])
+        start = end
 
 
 # -- checkpoints ----------------------------------------------------------------
@@ -369,36 +416,45 @@ def run(
     """Train (unless the method has nothing to train), select on validation, evaluate on test.
 
     ``resume_from`` (see :func:`resume`) continues that run directory from its
-    ``last.pt`` instead of creating a new one.
+    ``last.pt`` instead of creating a new one. Started by torchrun, the run is
+    shared by its processes (see :mod:`wsolbench.distributed`).
     """
+    with distributed.session(cfg.device) as (dist, device):
+        return _run(cfg, dist, device, argv, quiet or not dist.is_main, resume_from)
+
+
+def _run(
+    cfg: RunConfig, dist: Context, device: torch.device, argv: list[str] | None, quiet: bool,
+    resume_from: ResumePoint | None,
+) -> RunResult:
     seed_everything(cfg.seed)
-    device = select_device(cfg.device)
     dataset = build_dataset(cfg)
     check_split_labels(dataset, cfg.dataset)
-    method = build_method(cfg, dataset.num_classes).to(device)
+    method = distributed.prepare_model(build_method(cfg, dataset.num_classes).to(device), dist, device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     train_split, valid_split, test_split = (dataset.split(s) for s in ("train", "valid", "test"))
     if resume_from is None:
-        run_dir, checkpoint = _create_run_dir(cfg, device, argv), None
+        run_dir, checkpoint = distributed.run_dir_for(dist, lambda: _create_run_dir(cfg, device, argv, dist)), None
     else:
         run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
-        resume_from.mark_running(argv)
+        if dist.is_main:
+            resume_from.mark_running(argv)
     try:
         results = _train_and_test(
-            cfg, dataset, method, device, (train_split, valid_split, test_split), run_dir, quiet, checkpoint
+            cfg, dataset, method, device, (train_split, valid_split, test_split), run_dir, quiet, checkpoint, dist
         )
     except KeyboardInterrupt as exc:
-        _mark_stopped(run_dir, "interrupted", str(exc) or "interrupted by the user (Ctrl-C)")
+        _mark_stopped(run_dir, "interrupted", str(exc) or "interrupted by the user (Ctrl-C)", dist.is_main)
         raise
     except BaseException as exc:
-        _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+        _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}", dist.is_main)
         raise
     run_dir.release()
     return RunResult(run_dir, results, cfg)
 
 
-def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None) -> Any:
+def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None, dist: Context = SINGLE) -> Any:
     from wsolbench import runs
 
     runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
@@ -408,29 +464,59 @@ def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None
     run_dir.write_config(config_dict)
     manifest = runs.new_manifest(config_dict, str(device), argv)
     manifest["method_label"] = method_label(cfg)
+    if dist.active:
+        manifest["processes"] = dist.world_size
     run_dir.write_manifest(manifest)
     return run_dir
 
 
 def resume(path: str, argv: list[str] | None = None, quiet: bool = False) -> RunResult:
-    """Continue the killed, interrupted or failed run in ``path`` with its own configuration."""
+    """Continue the killed, interrupted or failed run in ``path`` with its own configuration.
+
+    Under torchrun, rank 0 checks, locks and repairs the run directory; the
+    other processes read its configuration and ``last.pt`` (so they must see
+    the directory too: same machine or a shared file system).
+    """
     from wsolbench.resume import open_run
 
-    point = open_run(path)
+    if not distributed.from_environment().active:
+        point = open_run(path)
+        try:
+            return run(point.config, argv, quiet, resume_from=point)
+        finally:
+            point.run_dir.release()
     try:
-        return run(point.config, argv, quiet, resume_from=point)
-    finally:
-        point.run_dir.release()
+        device = distributed.follower_point(path, with_checkpoint=False).config.device
+    except UserError:
+        device = "auto"  # rank 0's open_run says what is wrong with the directory
+    with distributed.session(device) as (dist, _):
+        point = None
+        if dist.is_main:
+            try:
+                point = open_run(path)
+            except BaseException as exc:
+                dist.broadcast(f"{type(exc).__name__}: {exc}")
+                raise
+            dist.broadcast(None)
+        else:
+            failure = dist.broadcast(None)
+            if failure is not None:
+                raise distributed.DistributedError(f"rank 0 could not resume {path}: {failure}")
+            point = distributed.follower_point(path)
+        try:
+            return run(point.config, argv, quiet, resume_from=point)
+        finally:
+            point.run_dir.release()
 
 
-def _mark_stopped(run_dir: Any, status: str, reason: str) -> None:
+def _mark_stopped(run_dir: Any, status: str, reason: str, tell: bool = True) -> None:
     """Record why the run stopped, keep its files, release its lock; never masks the original error."""
     from wsolbench import runs
 
     with contextlib.suppress(Exception):
         run_dir.update_manifest(status=status, finished=runs.now(), error=reason)
     run_dir.release()
-    if status == "interrupted":
+    if status == "interrupted" and tell:
         from wsolbench.console import err
 
         err.print(f"{reason}; finished epochs are kept. Continue with: wsolbench run --resume {run_dir.path}",
@@ -446,15 +532,16 @@ def _train_and_test(
     run_dir: Any,
     quiet: bool,
     checkpoint: dict[str, Any] | None = None,
+    dist: Context = SINGLE,
 ) -> dict[str, Any]:
     from wsolbench import runs
     from wsolbench.console import err
 
     train_split, valid_split, test_split = splits
     precision = Precision.choose(device, cfg.train.amp)
-    train_loader = make_loader(train_split, cfg, True, device)
-    valid_loader = make_loader(valid_split, cfg, False, device, seed_offset=1)
-    test_loader = make_loader(test_split, cfg, False, device, seed_offset=2)
+    train_loader = make_loader(train_split, cfg, True, device, dist=dist)
+    valid_loader = make_loader(valid_split, cfg, False, device, seed_offset=1, dist=dist)
+    test_loader = make_loader(test_split, cfg, False, device, seed_offset=2, dist=dist)
     state = TrainState()
     reserve = cfg.train.min_free_mb
     epochs = cfg.train.epochs if method.trainable else 0
@@ -467,6 +554,7 @@ def _train_and_test(
             if checkpoint is not None:
                 load_model_state(method, checkpoint, cfg)
                 state = restore_training(checkpoint, optimizer, scheduler, precision.scaler)
+            step_fn = distributed.training_step(method, dist, device)
             epoch_task = (
                 progress.add_task("epochs", total=epochs, completed=state.next_epoch, info="") if progress else None
             )
@@ -476,10 +564,11 @@ def _train_and_test(
                     break
                 t0 = time.perf_counter()
                 train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+                dist.start_epoch(train_loader, cfg.seed, epoch)
                 if progress:
                     progress.reset(batch_task, total=len(train_loader), description=f"train {epoch + 1}/{epochs}")
                 step = (lambda: progress.advance(batch_task)) if progress else None
-                logs = train_one_epoch(method, train_loader, optimizer, precision, cfg, epoch, step)
+                logs = train_one_epoch(method, train_loader, optimizer, precision, cfg, epoch, step, step_fn, dist)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 state.train_seconds += time.perf_counter() - t0
@@ -489,7 +578,7 @@ def _train_and_test(
                     t1 = time.perf_counter()
                     if progress:
                         progress.reset(batch_task, total=len(valid_loader), description="valid")
-                    val = evaluate(method, valid_loader, precision, cfg, localization=False, on_step=step)
+                    val = evaluate(method, valid_loader, precision, cfg, localization=False, on_step=step, dist=dist)
                     state.valid_seconds += time.perf_counter() - t1
                     row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
                     key = (val.metrics["cl_error"], val.metrics["loss"])
@@ -525,7 +614,9 @@ def _train_and_test(
                             f"early stop at epoch {epoch + 1}: no better validation error for {state.stale} epochs"
                         )
                     break
-            load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
+            if dist.is_main:
+                load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
+            dist.broadcast_module(method)
         else:
             run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, -1), reserve_mb=reserve)
         t2 = time.perf_counter()
@@ -537,29 +628,18 @@ def _train_and_test(
         ids = getattr(test_split, "ids", None)
         extras = TestExtras(cfg, dataset, test_split)
         test = evaluate(
-            method, test_loader, precision, cfg, localization=True, ids=ids, on_step=step, on_map=extras.update
+            method, test_loader, precision, cfg, localization=True, ids=ids, on_step=step, on_map=extras.update,
+            dist=dist,
         )
+        extras.gather(dist)
         eval_seconds = time.perf_counter() - t2
-    results = {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "method": cfg.method,
-        "method_label": method_label(cfg),
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "profile": cfg.profile,
-        "best_epoch": state.best["epoch"],
-        "valid_error": None if state.best["epoch"] < 0 else state.best["cl_error"],
-        **{k: v for k, v in test.metrics.items() if k != "loss"},
-        **({} if method.classifies else {"cl_error": None}),
-        "protocol": {
-            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
-            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
-            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
-        },
-    }
+    results = test_results(
+        cfg, test.metrics, classifies=method.classifies, best_epoch=state.best["epoch"],
+        valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
+    )
     if test.accumulator is not None and test.accumulator.hist_fg is not None:
         run_dir.write_histograms(fg=test.accumulator.hist_fg.cpu().numpy(), bg=test.accumulator.hist_bg.cpu().numpy())
-    results.update(extras.finish(run_dir.path, test))
+    results.update(extras.finish(run_dir.path if dist.is_main else None, test))
     run_dir.write_per_image(test.per_image)
     run_dir.write_results(results)
     run_dir.update_manifest(
@@ -572,6 +652,29 @@ def _train_and_test(
         best_epoch=state.best["epoch"],
     )
     return results
+
+
+def test_results(cfg: RunConfig, metrics: dict[str, Any], classifies: bool = True, **fields: Any) -> dict[str, Any]:
+    """``results.json``: the run's identity, ``fields``, the test metrics and the protocol.
+
+    ``cl_error`` is null for methods that make no class prediction (``classifies = False``).
+    """
+    return {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "method": cfg.method,
+        "method_label": method_label(cfg),
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "profile": cfg.profile,
+        **fields,
+        **{k: v for k, v in metrics.items() if k != "loss"},
+        **({} if classifies else {"cl_error": None}),
+        "protocol": {
+            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
+            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
+            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
+        },
+    }
 
 
 def plugin_versions() -> dict[str, str]:

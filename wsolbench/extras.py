@@ -26,6 +26,9 @@ from wsolbench.metrics import LocalizationAccumulator
 from wsolbench.runs import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
 
 
+def _cat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat(tensors) if tensors else torch.empty(0, dtype=torch.float64)
+
 
 def raw_rgb(split: Any, index: int, size: tuple[int, int]) -> np.ndarray:
     """Item ``index``'s RGB image as ``(H, W, 3)`` uint8 at ``size``.
@@ -62,12 +65,13 @@ class TestExtras:
             crf.require_pydensecrf()
             self.crf_params = crf.params_for(dataset, cfg.eval.crf_params)
             self.crf_acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
-        self.crf_scores: list[tuple[float, float]] = []
-        self.samples: list[Any] = []
+        self.crf_index: list[int] = []  #: the images the CRF accumulator saw, in its order
+        self.samples: list[tuple[int, Any]] = []  #: (image index, picture material)
 
     def update(self, index: int, prob: Tensor, mask: Tensor) -> None:
         """One test image's map (in [0, 1], at the mask's size) and its mask."""
-        if self.crf_params is None and len(self.samples) >= self.pictures:
+        picture = index < self.pictures
+        if self.crf_params is None and not picture:
             return
         image = raw_rgb(self.split, index, tuple(mask.shape[-2:]))
         prob_np = prob.detach().float().cpu().numpy()
@@ -76,14 +80,28 @@ class TestExtras:
             from wsolbench.crf import refine
 
             refined = refine(prob_np, image, self.crf_params)
-            pos, neg = self.crf_acc.update(torch.from_numpy(refined), mask.detach().cpu())
-            self.crf_scores.append((round(float(pos), 4), round(float(neg), 4)))
-        if len(self.samples) < self.pictures:
+            self.crf_acc.update(torch.from_numpy(refined), mask.detach().cpu())
+            self.crf_index.append(index)
+        if picture:
             from wsolbench.plots import Sample
 
             name = self.ids[index] if self.ids else str(index)
             truth = mask.detach().cpu().numpy().reshape(prob_np.shape) >= 0.5
-            self.samples.append(Sample(name, image, truth, prob_np, refined))
+            self.samples.append((index, Sample(name, image, truth, prob_np, refined)))
+
+    def gather(self, ctx: Any) -> None:
+        """Bring together what every process saw (``ctx``: a :class:`wsolbench.distributed.Context`), in image order."""
+        if not ctx.active:
+            return
+        if self.crf_params is not None:
+            acc = self.crf_acc
+            local = {"f1_pos": _cat(acc.f1_pos), "f1_neg": _cat(acc.f1_neg)}
+            index, rows, hist = ctx.collect(torch.tensor(self.crf_index, dtype=torch.long), local,
+                                            {"fg": acc.hist_fg, "bg": acc.hist_bg})
+            acc.f1_pos, acc.f1_neg = [rows["f1_pos"]], [rows["f1_neg"]]
+            acc.hist_fg, acc.hist_bg = hist["fg"], hist["bg"]
+            self.crf_index = index.tolist()
+        self.samples = sorted((s for part in ctx.gather(self.samples) for s in part), key=lambda s: s[0])
 
     def finish(self, run_path: str | Path | None, test: Any) -> dict[str, Any]:
         """Add CRF columns to ``test.per_image`` and, in ``run_path`` (unless None), write the
@@ -93,8 +111,9 @@ class TestExtras:
         out: dict[str, Any] = {}
         if self.crf_params is not None:
             out["crf"] = {**self.crf_acc.compute(), "params": dataclasses.asdict(self.crf_params)}
-            for row, (pos, neg) in zip(test.per_image, self.crf_scores):
-                row["crf_f1_pos"], row["crf_f1_neg"] = pos, neg
+            scores = zip(_cat(self.crf_acc.f1_pos).tolist(), _cat(self.crf_acc.f1_neg).tolist())
+            for row, (pos, neg) in zip(test.per_image, (s for _, s in sorted(zip(self.crf_index, scores)))):
+                row["crf_f1_pos"], row["crf_f1_neg"] = round(pos, 4), round(neg, 4)
         if run_path is None:
             return out
         run_path = Path(run_path)
@@ -105,7 +124,7 @@ class TestExtras:
         if self.samples:
             from wsolbench import plots
 
-            plots.draw_overlays(self.samples, run_path / OVERLAYS, self.threshold)
+            plots.draw_overlays([s for _, s in self.samples], run_path / OVERLAYS, self.threshold)
             acc = test.accumulator
             if acc is not None and acc.hist_fg is not None:
                 curves = [plots.Curve("maps", acc.hist_fg.cpu().numpy(), acc.hist_bg.cpu().numpy())]

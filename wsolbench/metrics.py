@@ -50,11 +50,22 @@ def classification_error(logits_or_preds: Tensor, labels: Tensor) -> float:
 
 def dice(pred: Tensor, gt: Tensor) -> Tensor:
     """Dice of boolean masks ``(N, ...)`` per sample; 1 where both are empty."""
-    pred = pred.flatten(1)
-    gt = gt.flatten(1)
-    inter = (pred & gt).sum(1).double()
-    total = pred.sum(1).double() + gt.sum(1).double()
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+    inter, n_pred, n_gt = _counts(pred.flatten(1), gt.flatten(1))
+    return _dice(inter, n_pred, n_gt)
+
+
+def _counts(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of boolean ``(N, P)``: ``|pred & gt|``, ``|pred|``, ``|gt|`` (summed as bytes: much faster than bools)."""
+
+    def count(x: Tensor) -> Tensor:
+        return x.contiguous().view(torch.uint8).sum(1, dtype=torch.int32).long()
+
+    return count(pred & gt), count(pred), count(gt)
+
+
+def _dice(inter: Tensor, n_pred: Tensor, n_gt: Tensor) -> Tensor:
+    total = n_pred.double() + n_gt.double()
+    return torch.where(total > 0, 2 * inter.double() / total.clamp_min(1), torch.ones_like(total))
 
 
 @dataclass
@@ -77,16 +88,22 @@ class LocalizationAccumulator:
         if maps.dim() == 2:
             maps, masks = maps.unsqueeze(0), masks.unsqueeze(0)
         masks = masks.reshape(maps.shape)
-        maps = maps.float()
-        gt = masks >= 0.5
-        pred = maps >= self.threshold
-        pos = 100.0 * dice(pred, gt)
-        neg = 100.0 * dice(~pred, ~gt)
+        maps = maps.float().flatten(1)
+        gt = masks.flatten(1) >= 0.5
+        inter, n_pred, n_gt = _counts(maps >= self.threshold, gt)
+        pixels = gt.shape[1]
+        pos = 100.0 * _dice(inter, n_pred, n_gt)
+        # the complements: |~pred & ~gt| = P - |pred| - |gt| + |pred & gt|
+        neg = 100.0 * _dice(pixels - n_pred - n_gt + inter, pixels - n_pred, pixels - n_gt)
         self.f1_pos.append(pos)
         self.f1_neg.append(neg)
-        idx = (maps.clamp(0, 1) * self.bins).floor().long().clamp_(0, self.bins)
-        fg = torch.bincount(idx[gt], minlength=self.bins + 1)
-        bg = torch.bincount(idx[~gt], minlength=self.bins + 1)
+        # one bincount for both histograms: background bins 0..B, foreground bins B+1..2B+1;
+        # truncation is the floor on [0, bins]; int16 indices are the fastest to convert and to count
+        index_type = torch.int16 if 2 * (self.bins + 1) <= torch.iinfo(torch.int16).max else torch.int64
+        index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
+        index.add_(gt, alpha=self.bins + 1)
+        both = torch.bincount(index.flatten(), minlength=2 * (self.bins + 1))
+        bg, fg = both[: self.bins + 1], both[self.bins + 1 :]
         self.hist_fg = fg if self.hist_fg is None else self.hist_fg + fg
         self.hist_bg = bg if self.hist_bg is None else self.hist_bg + bg
         return pos, neg
@@ -132,7 +149,7 @@ def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor) -> dict[str, float]:
     if n_fg > 0:
         recall = tp / n_fg
         steps = torch.diff(recall, prepend=recall.new_zeros(1))
-        pxap = 100.0 * (precision * steps).sum().item()
+        pxap = 100.0 * torch.cumsum(precision * steps, 0)[-1].item()  # summed in order: reproducible to the bit
     else:
         pxap = float("nan")
     fn = n_fg - tp

@@ -28,12 +28,25 @@ def _data_roots(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A setting for every run (after the suite's).")
 @click.option("--dry-run", is_flag=True, help="List the grid and each cell's state; run nothing.")
 @click.option("--metrics", multiple=True, metavar="M1,M2", help="The report's columns (see `wsolbench report`).")
-def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics) -> None:  # noqa: ANN001
+@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+              show_default=True,
+              help="local: one cell after another here; slurm: every cell a Slurm job (submitit); "
+                   "submitit-local: the same jobs as processes on this machine.")
+@click.option("--partition", default=None, help="Slurm partition (overrides slurm.partition).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=None,
+              help="GPUs per job (default 1); more than 1 runs the cell with torchrun.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="CPUs per job.")
+@click.option("--mem-gb", type=click.FloatRange(min=0, min_open=True), default=None, help="Memory per job (GB).")
+@click.option("--timeout-min", type=click.IntRange(min=1), default=None,
+              help="Time limit per job in minutes (default 1440).")
+def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, launcher, partition, gpus_per_node,
+          cpus_per_task, mem_gb, timeout_min) -> None:  # noqa: ANN001
     """Run every cell of SUITE_FILE (a TOML benchmark suite), then print the report table.
 
     Cells already complete are skipped; a failed cell does not stop the
     others and is listed at the end (exit status 1). See wsolbench/bench.py
-    and benchmarks/*.toml for the suite format.
+    and benchmarks/*.toml for the suite format, and wsolbench/slurm.py for
+    --launcher slurm and the suite's [slurm] table.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -66,7 +79,26 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics) -> N
         detail += f": {escape(outcome.message)}" if outcome.message else ""
         err.print(f"[{colour}]{outcome.status}[/{colour}]{detail}", highlight=False)
 
-    outcomes = bench_mod.run_suite(cells, on_start=on_start, on_done=on_done)
+    if launcher == "local":
+        outcomes = bench_mod.run_suite(cells, on_start=on_start, on_done=on_done)
+    else:
+        from wsolbench import slurm
+
+        options = slurm.SlurmOptions.from_tables(suite.slurm, {
+            "partition": partition, "gpus_per_node": gpus_per_node, "cpus_per_task": cpus_per_task,
+            "mem_gb": mem_gb, "timeout_min": timeout_min,
+        })
+
+        def on_submitted(jobs: int, total: int) -> None:
+            err.print(f"{jobs} job(s) submitted ({launcher}), {total - jobs} cell(s) not to run; waiting ...")
+
+        def on_job_done(outcome: bench_mod.Outcome) -> None:
+            err.print(f"{escape(outcome.cell.key)} ({escape(outcome.cell.method)}) ", end="", highlight=False)
+            on_done(outcome)
+
+        outcomes = slurm.run_suite_as_jobs(cells, options, suite.output_dir / ".submitit", launcher,
+                                           name=f"wsolbench-{suite.name}", on_submitted=on_submitted,
+                                           on_done=on_job_done)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("completed", "skipped", "failed", "busy")}
     err.print(
         f"{counts['completed']} run, {counts['skipped']} already complete, {counts['failed']} failed"

@@ -69,14 +69,17 @@ def run(
     from wsolbench import engine
     from wsolbench.console import err
 
-    err.print(
-        f"[bold]wsolbench[/bold] run: method [cyan]{cfg.method}[/cyan], dataset [cyan]{cfg.dataset}[/cyan], "
-        f"profile {cfg.profile}, backbone {cfg.model.backbone}"
-        f"{' (pretrained)' if cfg.model.pretrained else ''}, seed {cfg.seed}, {cfg.train.epochs} epochs"
-    )
+    speaks = _speaks()
+    if speaks:
+        err.print(
+            f"[bold]wsolbench[/bold] run: method [cyan]{cfg.method}[/cyan], dataset [cyan]{cfg.dataset}[/cyan], "
+            f"profile {cfg.profile}, backbone {cfg.model.backbone}"
+            f"{' (pretrained)' if cfg.model.pretrained else ''}, seed {cfg.seed}, {cfg.train.epochs} epochs"
+        )
     with _sigterm_interrupts():
         result = engine.run(cfg, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
-    print_results(result.results, str(result.run_dir.path))
+    if speaks:
+        print_results(result.results, str(result.run_dir.path))
 
 
 def _resume(resume_dir: str, quiet: bool) -> None:
@@ -98,14 +101,25 @@ def _resume(resume_dir: str, quiet: bool) -> None:
     from wsolbench import engine, runs
     from wsolbench.console import err
 
+    speaks = _speaks()
     if runs.is_complete(resume_dir):
-        err.print(f"run {resume_dir} is already complete; nothing to resume", soft_wrap=True)
-        print_results(runs.RunDir(resume_dir).read_results(), resume_dir)
+        if speaks:
+            err.print(f"run {resume_dir} is already complete; nothing to resume", soft_wrap=True)
+            print_results(runs.RunDir(resume_dir).read_results(), resume_dir)
         return
-    err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}", soft_wrap=True)
+    if speaks:
+        err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}", soft_wrap=True)
     with _sigterm_interrupts():
         result = engine.resume(resume_dir, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
-    print_results(result.results, str(result.run_dir.path))
+    if speaks:
+        print_results(result.results, str(result.run_dir.path))
+
+
+def _speaks() -> bool:
+    """Whether this process prints: the only one, or rank 0 of a torchrun launch."""
+    from wsolbench.distributed import from_environment
+
+    return from_environment().is_main
 
 
 @contextlib.contextmanager

@@ -1,0 +1,35 @@
+"""``wsolbench evaluate-run``: score a run's checkpoint again, on one process or several."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("evaluate-run")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="best.pt (the model selected on validation) or last.pt.")
+@click.option("--split", default="test", show_default=True, help="The split to score.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's setting).")
+@click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
+              help="Write results.json, per_image.csv, histograms.npz and the pictures here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def evaluate_run(run_dir, checkpoint, split, device, output_dir, quiet) -> None:  # noqa: ANN001
+    """Score RUN_DIR's checkpoint on a split with the run's own settings.
+
+    The numbers are those the run computed at its end (for best.pt on test).
+    Started with torchrun --nproc_per_node=N -m wsolbench evaluate-run ..., the
+    processes share the images and give the same numbers as one process.
+    """
+    from rich.markup import escape
+
+    from wsolbench.checkpoint_eval import evaluate_checkpoint
+    from wsolbench.commands.evaluate import print_scores
+    from wsolbench.console import out
+    from wsolbench.distributed import from_environment
+
+    results = evaluate_checkpoint(run_dir, checkpoint, split, device, output_dir, quiet)
+    if from_environment().is_main:
+        print_scores(results)
+        if output_dir is not None:
+            out.print(f"written to [bold]{escape(str(output_dir))}[/bold]")
