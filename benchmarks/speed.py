@@ -108,7 +108,7 @@ def report(title: str, label_a: str, label_b: str, images: int, t: dict, device:
 # -- 1. training ----------------------------------------------------------------------
 def make_config(args: argparse.Namespace, device: torch.device) -> config.RunConfig:
     sets = [
-        f"model.backbone={args.backbone}", "model.pretrained=false", "model.backbone_params.output_stride=32",
+        f"model.backbone={args.backbone}", "model.pretrained=false", "model.output_stride=32",
         f"train.batch_size={args.batch_size}", f"eval.batch_size={args.batch_size}", "train.lr=0.01",
         f"train.channels_last={'true' if device.type == 'cuda' else 'false'}", f"train.amp={str(args.amp).lower()}",
         f"dataset.classes={args.classes}", f"seed={args.seed}",

@@ -34,6 +34,7 @@ class ModelConfig:
     backbone: str = "resnet18"
     pretrained: bool = False
     pooling: str | None = None  #: None: the method's default pooling
+    output_stride: int = 0  #: 8, 16 or 32 (dilated last stages); 0: the backbone's own (32 for most CNNs)
     backbone_params: dict[str, Any] = field(default_factory=dict)  #: passed to timm.create_model
 
 
@@ -124,7 +125,7 @@ FREE_SECTIONS = ("method", "pooling", "dataset")
 #: global profiles; datasets and methods refine them with their own ``profiles``
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
-        "model": {"backbone": "resnet18", "pretrained": False, "backbone_params": {"output_stride": 8}},
+        "model": {"backbone": "resnet18", "pretrained": False, "output_stride": 8},
         "train": {"epochs": 8, "batch_size": 16, "lr": 0.01, "schedule": "constant", "weight_decay": 1e-4},
         "eval": {"batch_size": 32},
     },

@@ -61,6 +61,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         pretrained=cfg.model.pretrained,
         pooling=cfg.model.pooling,
         pooling_params=dict(cfg.pooling_params),
+        output_stride=cfg.model.output_stride,
         backbone_params=dict(cfg.model.backbone_params),
     )
 

@@ -31,6 +31,7 @@ class ModelSpec:
     pretrained: bool = False
     pooling: str | None = None  #: ``None``: the method's ``default_pooling``
     pooling_params: dict[str, Any] = field(default_factory=dict)
+    output_stride: int = 0  #: 0: the backbone's own; else passed to timm (dilated last stages)
     backbone_params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -35,6 +35,8 @@ def build_backbone(spec: ModelSpec, out_indices: tuple[int, ...] | None = None) 
 
         raise UnknownNameError("backbone", spec.backbone, timm.list_models())
     kwargs: dict[str, Any] = {"features_only": True, **params}
+    if spec.output_stride:
+        kwargs["output_stride"] = spec.output_stride
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
     try:
@@ -54,8 +56,8 @@ def build_backbone(spec: ModelSpec, out_indices: tuple[int, ...] | None = None) 
     except (TypeError, AssertionError) as exc:  # timm checks some arguments with assert
         raise ConfigError(
             f"backbone {spec.backbone!r} does not accept these settings ({str(exc) or 'rejected by timm'}); "
-            f"check model.backbone_params "
-            f"(the quick profile sets output_stride=8, which not every backbone supports)"
+            f"check model.backbone_params and model.output_stride "
+            f"(the quick profile sets output_stride = 8, which not every backbone supports)"
         ) from exc
     except RuntimeError as exc:
         if "features_only" in str(exc) or "feature" in str(exc).lower():

@@ -33,7 +33,7 @@ from torch import Tensor
 from wsolbench.interfaces import Method, ModelSpec
 
 #: the network of the quick profile: ResNet-18 from scratch, dilated to output stride 8
-TINY_MODEL = ModelSpec(backbone="resnet18", pretrained=False, backbone_params={"output_stride": 8})
+TINY_MODEL = ModelSpec(backbone="resnet18", pretrained=False, output_stride=8)
 
 
 def make_batch(
