@@ -547,6 +547,9 @@ def _train_and_test(
         "dataset": cfg.dataset,
         "seed": cfg.seed,
         "profile": cfg.profile,
+        "provided_by": get_host().provenance(
+            method=cfg.method, pooling=cfg.model.pooling or method.default_pooling, dataset=cfg.dataset
+        ),
         "best_epoch": state.best["epoch"],
         "valid_error": None if state.best["epoch"] < 0 else state.best["cl_error"],
         **{k: v for k, v in test.metrics.items() if k != "loss"},
