@@ -12,7 +12,7 @@ Run them on tiny inputs before a real experiment::
 Each failed check raises an :class:`AssertionError` that names the plug-in and
 says what to fix. :func:`check_method` checks that:
 
-- the factory builds a :class:`~wsolbench.interfaces.Method`;
+- the factory builds a :class:`wsolbench.interfaces.Method`;
 - for trainable methods, one training step on a batch gives a finite scalar
   loss and its backward pass reaches the parameters with finite gradients;
 - methods without ``needs_masks = True`` train on batches without pixel masks
@@ -24,13 +24,13 @@ says what to fix. :func:`check_method` checks that:
   ``needs_grad_at_inference``, which run with autograd on, as in the engine).
 
 :func:`check_pooling` checks that the factory builds a
-:class:`~wsolbench.interfaces.Pooling` that turns maps (or features, with
+:class:`wsolbench.interfaces.Pooling` that turns maps (or features, with
 ``consumes_features``) into finite ``(N, K)`` scores and ``(N, K, h, w)`` class
 maps at the input's resolution, lets gradients reach its input, and scores
 each image independently of the others in its batch (in evaluation mode).
 
 :func:`check_dataset` checks that the factory builds a
-:class:`~wsolbench.interfaces.Dataset` whose splits have the labels
+:class:`wsolbench.interfaces.Dataset` whose splits have the labels
 ``split_labels`` announces, whose items are dictionaries in the documented
 format (normalised ``(3, H, W)`` images, ``(1, H', W')`` binary masks, the
 item's index), whose training items of a split share one size (they are
