@@ -206,10 +206,10 @@ def check_pooling(
         f"{(n, num_classes, h, w)}, one map per class at the input's resolution"
     )
     assert torch.isfinite(scores).all() and torch.isfinite(maps).all(), f"{what}: non-finite scores or maps"
-    scores.sum().backward()
-    assert x.grad is not None and bool(x.grad.abs().sum() > 0), (
-        f"{what}: no gradient reaches the input maps, so the network below the pooling cannot learn"
-    )
+    no_gradient = f"{what}: no gradient reaches the input maps, so the network below the pooling cannot learn"
+    assert scores.requires_grad, no_gradient
+    (scores * torch.randn_like(scores)).sum().backward()  # random weights: a plain sum can cancel out
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0), no_gradient
     pooling.eval()
     with torch.no_grad():
         together, _ = pooling(x.detach())
