@@ -151,7 +151,7 @@ def _host() -> PluginHost:
     return host
 
 
-def test_invalid_names_and_exits_at_import_skip_only_that_plugin(fake_distribution):
+def test_invalid_names_unknown_hooks_and_exits_at_import_skip_only_that_plugin(fake_distribution):
     fake_distribution("fakeplug-good", "fakeplug_good", GOOD)
     fake_distribution(
         "fakeplug-spaces",
@@ -166,10 +166,22 @@ def test_invalid_names_and_exits_at_import_skip_only_that_plugin(fake_distributi
         """,
     )
     fake_distribution("fakeplug-exit", "fakeplug_exit", "import sys\nsys.exit('refusing to load')\n")
+    fake_distribution(
+        "fakeplug-typo",
+        "fakeplug_typo",
+        """
+        from wsolbench import hookimpl
+
+        @hookimpl
+        def wsolbench_register_method(register):
+            register("typo-method", "collections:OrderedDict")
+        """,
+    )
     host = _host()
     messages = _load(host)
     assert any("fakeplug-spaces" in m and "two words" in m for m in messages), messages
     assert any("fakeplug-exit" in m and "refusing to load" in m for m in messages), messages
+    assert any("fakeplug-typo" in m and "wsolbench_register_method" in m for m in messages), messages
     methods = host.registry("method")
     assert "third-party-method" in methods and "fine-name" not in methods
     assert set(host.loaded_versions()) == {"wsolbench", "fakeplug-good"}

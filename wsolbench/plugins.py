@@ -9,9 +9,9 @@ Environment variables:
     names, commas between them; an empty value loads none). The others are
     listed by ``wsolbench list plugins`` as not loaded.
 
-A third-party plug-in that fails to import, fails inside a registration hook,
-registers an invalid name or a name that is already taken is skipped as a
-whole, with a :class:`PluginWarning` naming the distribution and the error;
+A third-party plug-in that fails to import, implements a hook that does not
+exist (a misspelt name), fails inside a registration hook, registers an invalid
+name or a name that is already taken is skipped as a whole, with a :class:`PluginWarning` naming the distribution and the error;
 every other plug-in keeps working. A command that fails to be added, or whose
 name is already taken, is skipped the same way. A problem inside the built-ins
 is raised, since it is a bug in wsolbench itself.
@@ -110,13 +110,15 @@ class PluginHost:
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
                 continue
             self._register_plugin(module, info, strict=False)
-        self.pm.check_pending()
 
     def _register_plugin(self, module: ModuleType | Any, info: PluginInfo, strict: bool) -> None:
         staged: list[tuple[str, Entry]] = []
         try:
             self.pm.register(module, name=f"{info.distribution}:{info.name}")
+            self.pm.check_pending()  # a hook wsolbench does not have (a misspelt name)
         except Exception as exc:  # noqa: BLE001
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
             if strict:
                 raise
             self._fail(info, f"not a valid plug-in: {type(exc).__name__}: {exc}")
