@@ -31,7 +31,10 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
             table.add_row(entry.name + aliases, entry.summary, f"{entry.distribution} {entry.version}")
         out.print(table)
     if what in ("plugins", "all"):
-        click.get_current_context().find_root().command.list_commands(click.get_current_context())
+        ctx = click.get_current_context()
+        root = ctx.find_root().command
+        if isinstance(root, click.Group):  # asking it for its commands lets plug-ins add theirs
+            root.list_commands(ctx)
         table = Table(title="plugins", title_justify="left", show_edge=False)
         for col in ("name", "distribution", "version", "registers", "status"):
             table.add_column(col)
