@@ -11,10 +11,11 @@ Environment variables:
 
 A third-party plug-in that fails to import, implements a hook that does not
 exist (a misspelt name), fails inside a registration hook, registers an invalid
-name or a name that is already taken is skipped as a whole, with a :class:`PluginWarning` naming the distribution and the error;
-every other plug-in keeps working. A command that fails to be added, or whose
-name is already taken, is skipped the same way. A problem inside the built-ins
-is raised, since it is a bug in wsolbench itself.
+name or a name that is already taken is skipped as a whole, with a
+:class:`PluginWarning` naming the distribution and the error; every other
+plug-in keeps working. A command that fails to be added, or whose name is
+already taken, is skipped the same way. A problem inside the built-ins is
+raised, since it is a bug in wsolbench itself.
 """
 
 from __future__ import annotations

@@ -217,7 +217,9 @@ def check_pooling(
     assert torch.allclose(together[:1], alone, atol=1e-5), (
         f"{what}: in evaluation mode, an image's scores depend on the other images of its batch"
     )
-    assert tuple(alone_maps.shape) == (1, num_classes, h, w), f"{what}: class maps of a batch of one have the wrong shape"
+    assert tuple(alone_maps.shape) == (1, num_classes, h, w), (
+        f"{what}: class maps of a batch of one have the wrong shape"
+    )
     return pooling
 
 

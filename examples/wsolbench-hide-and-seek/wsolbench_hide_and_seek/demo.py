@@ -57,7 +57,9 @@ def demo(dataset, data_root, profile, sets, split, index, patch_sizes, hide_prob
         raise UserError(f"dataset {dataset!r} has no split {split!r}; its splits: {', '.join(data.split_names)}")
     items = data.split(split, train=False)
     if index >= len(items):
-        raise UserError(f"split {split!r} of dataset {dataset!r} has {len(items)} images; --index {index} is past the end")
+        raise UserError(
+            f"split {split!r} of dataset {dataset!r} has {len(items)} images; --index {index} is past the end"
+        )
     height, width = items[index]["image"].shape[-2:]
     image = raw_rgb(items, index, (height, width))
     mean_rgb = np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8)
