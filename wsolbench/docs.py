@@ -11,7 +11,8 @@ it cannot drift from it; a test compares the committed file with
 
 Docstrings are written in reStructuredText; :func:`rst_to_markdown` converts
 the few constructs they use (inline literals, roles, literal blocks,
-definition lists).
+definition lists and bullet lists): docutils writes no Markdown, and pandoc
+would be a system dependency for these few rules.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ GeM is defined for non-negative activations, so this head pools the
 backbone's features (clamped at ``eps``, as in the paper), not the signed class
 maps, and then classifies: ``s_k = w_k . GeM_p(x) + b_k``. Its class maps are
 the CAMs ``M_k = w_k . x + b_k`` of the same weights; with ``p = 1`` the scores
-are exactly the average of these maps, i.e. CAM-Avg.
+are exactly the average of these maps, i.e. CAM-Avg. (timm, which wsolbench
+builds on, has no GeM layer; the formula is one line.)
 """
 
 from __future__ import annotations
