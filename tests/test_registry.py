@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 import warnings
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from wsolbench.errors import DuplicateNameError, UnknownNameError
 from wsolbench.plugins import PluginHost, PluginWarning, get_host
 from wsolbench.registry import Entry, Registry
+
+from plugin_support import write_distribution
 
 
 def test_unknown_name_suggests_close_match():
@@ -60,22 +61,26 @@ def test_builtins_are_registered():
 
 @pytest.fixture
 def fake_distribution(tmp_path, monkeypatch):
-    """Install distributions into a temporary path that importlib.metadata scans."""
+    """Install distributions into a temporary path that importlib.metadata scans.
+
+    Afterwards the path is gone and the process-wide plugin host is rebuilt on next use.
+    """
+    import wsolbench.plugins as plugins
+
+    roots = []
 
     def make(dist: str, module: str, source: str, ep_name: str | None = None) -> None:
         root = tmp_path / dist  # one folder per distribution: importlib.metadata caches listings
-        root.mkdir()
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
-        info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-        (info / "entry_points.txt").write_text(f"[wsolbench]\n{ep_name or dist} = {module}\n")
+        write_distribution(root, dist, module, source, entry_point=ep_name)
         monkeypatch.syspath_prepend(str(root))
+        roots.append(str(root))
 
     yield make
+    sys.path[:] = [p for p in sys.path if p not in roots]
     for name in list(sys.modules):
         if name.startswith("fakeplug"):
             del sys.modules[name]
+    plugins._HOST = None
 
 
 GOOD = """
@@ -130,5 +135,129 @@ def test_autoload_can_be_disabled_and_allow_listed(fake_distribution, monkeypatc
     assert "third-party-method" not in plugins.get_host(reload=True).registry("method")
     monkeypatch.setenv("WSOLBENCH_PLUGINS", "fakeplug-good")
     assert "third-party-method" in plugins.get_host(reload=True).registry("method")
-    monkeypatch.delenv("WSOLBENCH_PLUGINS")
+
+
+def _load(host: PluginHost) -> list[str]:
+    """Load the entry points into ``host``; the plug-in warnings' messages."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        host.load_entry_points()
+    return [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+
+
+def _host() -> PluginHost:
+    host = PluginHost()
+    host.load_builtins()
+    return host
+
+
+def test_invalid_names_unknown_hooks_and_exits_at_import_skip_only_that_plugin(fake_distribution):
+    fake_distribution("fakeplug-good", "fakeplug_good", GOOD)
+    fake_distribution(
+        "fakeplug-spaces",
+        "fakeplug_spaces",
+        """
+        from wsolbench import hookimpl
+
+        @hookimpl
+        def wsolbench_register_methods(register):
+            register("fine-name", "collections:OrderedDict")
+            register("two words", "collections:OrderedDict")
+        """,
+    )
+    fake_distribution("fakeplug-exit", "fakeplug_exit", "import sys\nsys.exit('refusing to load')\n")
+    fake_distribution(
+        "fakeplug-typo",
+        "fakeplug_typo",
+        """
+        from wsolbench import hookimpl
+
+        @hookimpl
+        def wsolbench_register_method(register):
+            register("typo-method", "collections:OrderedDict")
+        """,
+    )
+    host = _host()
+    messages = _load(host)
+    assert any("fakeplug-spaces" in m and "two words" in m for m in messages), messages
+    assert any("fakeplug-exit" in m and "refusing to load" in m for m in messages), messages
+    assert any("fakeplug-typo" in m and "wsolbench_register_method" in m for m in messages), messages
+    methods = host.registry("method")
+    assert "third-party-method" in methods and "fine-name" not in methods
+    assert set(host.loaded_versions()) == {"wsolbench", "fakeplug-good"}
+
+
+def test_allow_list_lists_the_others_as_not_loaded(fake_distribution, monkeypatch):
+    fake_distribution("fakeplug-good", "fakeplug_good", GOOD)
+    fake_distribution("fakeplug-broken", "fakeplug_broken", "raise ImportError('boom')\n")
+    monkeypatch.setenv("WSOLBENCH_PLUGINS", "fakeplug_good")  # either spelling of a distribution name
+    host = _host()
+    assert _load(host) == []  # the broken one is never imported
+    status = {p.distribution: (p.loaded, p.skipped) for p in host.plugins}
+    assert status["fakeplug-good"] == (True, None)
+    assert status["fakeplug-broken"] == (False, "not in WSOLBENCH_PLUGINS")
+    assert "fakeplug-broken" not in host.loaded_versions()
+
+
+COMMANDS = """
+    import click
+    from wsolbench import hookimpl
+
+    @hookimpl
+    def wsolbench_register_commands(cli):
+        {body}
+"""
+
+
+def test_plugin_commands_cannot_replace_taken_names(fake_distribution):
+    import click
+
+    def plugin(dist: str, body: str) -> None:
+        fake_distribution(dist, dist.replace("-", "_"), COMMANDS.format(body=body))
+
+    plugin("fakeplug-a", "cli.add_command(click.Command('extra', help='from a'))")
+    plugin("fakeplug-b", "cli.add_command(click.Command('extra', help='from b')); "
+                         "cli.add_command(click.Command('run')); cli.add_command(click.Command('b-own'))")
+    plugin("fakeplug-c", "cli.add_command(click.Command('c-own')); raise RuntimeError('half-way')")
+    host = _host()
+    assert _load(host) == []
+    group = click.Group("wsolbench")
+    group.lazy = {"run": ("wsolbench.commands.run:run", "")}  # as the real group keeps its built-ins
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        host.add_commands(group)
+    messages = [str(w.message) for w in caught]
+    assert sorted(group.commands) == ["b-own", "extra"]
+    assert group.commands["extra"].help == "from a"
+    assert any("fakeplug-b" in m and "'extra'" in m for m in messages), messages
+    assert any("fakeplug-b" in m and "'run'" in m for m in messages), messages
+    assert any("fakeplug-c" in m and "half-way" in m for m in messages), messages
+    registered = {p.distribution: p.registered.get("command") for p in host.plugins}
+    assert registered["fakeplug-a"] == ["extra"] and registered["fakeplug-b"] == ["b-own"]
+    assert registered["fakeplug-c"] is None
+
+
+def test_a_factory_that_fails_to_import_is_a_user_error_naming_the_distribution(fake_distribution, capsys):
+    import wsolbench.plugins as plugins
+    from wsolbench.cli import main
+    from wsolbench.errors import PluginImportError
+
+    fake_distribution(
+        "fakeplug-stale",
+        "fakeplug_stale",
+        """
+        from wsolbench import hookimpl
+
+        @hookimpl
+        def wsolbench_register_methods(register):
+            register("stale-method", "fakeplug_stale_gone.method:Method")
+        """,
+    )
     plugins.get_host(reload=True)
+    with pytest.raises(PluginImportError, match="fakeplug-stale 1.2.3"):
+        plugins.registry("method").resolve("stale-method")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--method", "stale-method", "--show-config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fakeplug-stale" in err and "fakeplug_stale_gone" in err and "Traceback" not in err

@@ -667,6 +667,11 @@ def test_results(cfg: RunConfig, metrics: dict[str, Any], classifies: bool = Tru
         "dataset": cfg.dataset,
         "seed": cfg.seed,
         "profile": cfg.profile,
+        "provided_by": get_host().provenance(
+            method=cfg.method,
+            pooling=cfg.model.pooling or registry("method").resolve(cfg.method).default_pooling,
+            dataset=cfg.dataset,
+        ),
         **fields,
         **{k: v for k, v in metrics.items() if k != "loss"},
         **({} if classifies else {"cl_error": None}),
@@ -677,6 +682,3 @@ def test_results(cfg: RunConfig, metrics: dict[str, Any], classifies: bool = Tru
         },
     }
 
-
-def plugin_versions() -> dict[str, str]:
-    return get_host().loaded_versions()

@@ -54,6 +54,10 @@ class DuplicateNameError(Exception):
     """Two plug-ins registered the same name (a packaging bug, not a user error)."""
 
 
+class PluginImportError(UserError):
+    """A registered name whose implementation cannot be imported (a broken or outdated plug-in install)."""
+
+
 class DataError(UserError):
     """Missing, corrupt or inconsistent data."""
 

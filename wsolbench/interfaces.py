@@ -27,20 +27,20 @@ from torch import Tensor, nn
 class ModelSpec:
     """What the run configuration says about the network (``[model]`` section)."""
 
-    backbone: str = "resnet18"
-    pretrained: bool = False
+    backbone: str = "resnet18"  #: a timm model name (any CNN with ``features_only``)
+    pretrained: bool = False  #: ImageNet weights for the backbone
     pooling: str | None = None  #: ``None``: the method's ``default_pooling``
-    pooling_params: dict[str, Any] = field(default_factory=dict)
+    pooling_params: dict[str, Any] = field(default_factory=dict)  #: the ``[pooling]`` section
     output_stride: int = 0  #: 0: the backbone's own; else passed to timm (dilated last stages)
-    backbone_params: dict[str, Any] = field(default_factory=dict)
+    backbone_params: dict[str, Any] = field(default_factory=dict)  #: extra arguments of ``timm.create_model``
 
 
 @dataclass
 class StepOutput:
     """What a training step reports: the scalar loss and named values to log."""
 
-    loss: Tensor
-    logs: dict[str, float | Tensor] = field(default_factory=dict)
+    loss: Tensor  #: the scalar the optimizer minimises
+    logs: dict[str, float | Tensor] = field(default_factory=dict)  #: averaged per epoch as ``train_<name>``
     logits: Tensor | None = None  #: class scores on the batch, for the training error
 
 
@@ -137,8 +137,11 @@ class Pooling(nn.Module):
     features, ``in_channels`` of them, and owns its parameters.
     """
 
+    #: one line for ``wsolbench list``
     summary: ClassVar[str] = ""
+    #: ``True``: receives the backbone's features (``in_channels``) instead of per-class maps
     consumes_features: ClassVar[bool] = False
+    #: hyper-parameters and their defaults; the keys ``--set pooling.KEY=VALUE`` accepts
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_classes: int, in_channels: int | None = None, **params: Any):
@@ -156,6 +159,7 @@ class Pooling(nn.Module):
         return 1
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """``(scores, class_maps)`` from maps (or features) ``x`` of shape ``(N, C, h, w)``."""
         raise NotImplementedError
 
 
@@ -179,6 +183,7 @@ class Dataset:
     from the image's when the evaluation transform resizes it).
     """
 
+    #: one line for ``wsolbench list``
     summary: ClassVar[str] = ""
     #: ``False`` for datasets that need no files (generated on the fly)
     needs_root: ClassVar[bool] = True
@@ -186,8 +191,11 @@ class Dataset:
     homepage: ClassVar[str] = ""
     #: the expected layout below the root, shown when the root is wrong
     layout: ClassVar[str] = ""
+    #: parameters and their defaults; the keys ``--set dataset.KEY=VALUE`` accepts
     defaults: ClassVar[dict[str, Any]] = {}
+    #: configuration overrides per profile, keyed ``"quick"`` or ``"paper"`` (shaped like the TOML file)
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: the splits :meth:`split` serves
     split_names: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
     #: dense-CRF parameters (keys of :class:`wsolbench.crf.CrfParams`); ``None``: natural-image ones
     crf_params: ClassVar[dict[str, Any] | None] = None
@@ -202,10 +210,12 @@ class Dataset:
 
     @property
     def classes(self) -> list[str]:
+        """The class names; label ``k`` is ``classes[k]``."""
         raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
+        """``len(classes)``."""
         return len(self.classes)
 
     def split(self, name: str, train: bool | None = None) -> torch.utils.data.Dataset:
@@ -220,6 +230,7 @@ class Dataset:
         raise NotImplementedError
 
     def describe(self) -> list[SplitInfo]:
+        """Image counts per split and class (what ``wsolbench data verify`` prints)."""
         out = []
         for name in self.split_names:
             labels = self.split_labels(name)

@@ -5,13 +5,17 @@ Environment variables:
 ``WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD=1``
     Load only the built-in plug-ins (no third-party code runs).
 ``WSOLBENCH_PLUGINS=name1,name2``
-    Load only these third-party plug-ins (entry-point names or distribution names).
+    Load only these third-party plug-ins (entry-point names or distribution
+    names, commas between them; an empty value loads none). The others are
+    listed by ``wsolbench list plugins`` as not loaded.
 
-A third-party plug-in that fails to import, fails inside a registration hook or
-registers a name that is already taken is skipped as a whole, with a
+A third-party plug-in that fails to import, implements a hook that does not
+exist (a misspelt name), fails inside a registration hook, registers an invalid
+name or a name that is already taken is skipped as a whole, with a
 :class:`PluginWarning` naming the distribution and the error; every other
-plug-in keeps working. A problem inside the built-ins is raised, since it is a
-bug in wsolbench itself.
+plug-in keeps working. A command that fails to be added, or whose name is
+already taken, is skipped the same way. A problem inside the built-ins is
+raised, since it is a bug in wsolbench itself.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pluggy
 
 from wsolbench import __version__, hookspecs
 from wsolbench.errors import DuplicateNameError
-from wsolbench.registry import Entry, Registry
+from wsolbench.registry import Entry, Registry, check_name
 
 ENTRY_POINT_GROUP = "wsolbench"
 DISABLE_AUTOLOAD_ENV = "WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -62,7 +66,12 @@ class PluginInfo:
     version: str
     builtin: bool
     registered: dict[str, list[str]] = field(default_factory=dict)
-    error: str | None = None
+    error: str | None = None  #: why loading failed
+    skipped: str | None = None  #: why it was not loaded (an environment variable)
+
+    @property
+    def loaded(self) -> bool:
+        return self.error is None and self.skipped is None
 
 
 class PluginHost:
@@ -73,6 +82,8 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.registries = {kind: Registry(kind) for kind in REGISTRATION_HOOKS.values()}
         self.plugins: list[PluginInfo] = []
+        self._info_of: dict[int, PluginInfo] = {}  #: id(registered plug-in object) -> its info
+        self.autoload = False  #: whether third-party plug-ins were looked for
 
     # -- loading -------------------------------------------------------------
     def load_builtins(self) -> None:
@@ -82,28 +93,33 @@ class PluginHost:
             self._register_plugin(module, info, strict=True)
 
     def load_entry_points(self) -> None:
+        self.autoload = True
         allow = _allow_list()
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
             if _normalise(dist) == "wsolbench":
                 continue  # the built-ins are already loaded
-            if allow is not None and ep.name not in allow and _normalise(dist) not in allow:
-                continue
             info = PluginInfo(ep.name, dist, version, builtin=False)
+            if allow is not None and ep.name not in allow and _normalise(dist) not in allow:
+                info.skipped = f"not in {ALLOW_LIST_ENV}"
+                self.plugins.append(info)
+                continue
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is reported
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure is reported
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
                 continue
             self._register_plugin(module, info, strict=False)
-        self.pm.check_pending()
 
     def _register_plugin(self, module: ModuleType | Any, info: PluginInfo, strict: bool) -> None:
         staged: list[tuple[str, Entry]] = []
         try:
             self.pm.register(module, name=f"{info.distribution}:{info.name}")
+            self.pm.check_pending()  # a hook wsolbench does not have (a misspelt name)
         except Exception as exc:  # noqa: BLE001
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
             if strict:
                 raise
             self._fail(info, f"not a valid plug-in: {type(exc).__name__}: {exc}")
@@ -128,31 +144,65 @@ class PluginHost:
             self.registries[kind].add(entry)
             info.registered.setdefault(kind, []).append(entry.name)
         self.plugins.append(info)
+        self._info_of[id(module)] = info
 
     def _fail(self, info: PluginInfo, error: str) -> None:
         info.error = error
         self.plugins.append(info)
-        warnings.warn(
-            f"plug-in {info.name!r} from {info.distribution} {info.version} was not loaded: {error}",
-            PluginWarning,
-            stacklevel=3,
-        )
+        warnings.warn(f"{_describe(info)} was not loaded: {error}", PluginWarning, stacklevel=3)
 
     # -- use -----------------------------------------------------------------
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
 
     def add_commands(self, cli: Any) -> None:
-        """Let plug-ins add subcommands to the command line."""
+        """Let plug-ins add subcommands to the command line ``cli`` (a :class:`click.Group`).
+
+        A command whose name is taken (by wsolbench or an earlier plug-in) is
+        removed again, and a hook that raises adds nothing; both warn.
+        """
+        builtin = set(getattr(cli, "lazy", {}))
         for impl in self.pm.hook.wsolbench_register_commands.get_hookimpls():
+            info = self._info_of.get(id(impl.plugin))
+            who = _describe(info) if info else f"plug-in {impl.plugin_name!r}"
+            before = dict(cli.commands)
             try:
-                impl.function(cli=cli)
+                impl.function(**{k: v for k, v in {"cli": cli}.items() if k in impl.argnames})
             except Exception as exc:  # noqa: BLE001
-                warnings.warn(f"plug-in {impl.plugin_name} failed to add commands: {exc}", PluginWarning)
+                cli.commands.clear()
+                cli.commands.update(before)
+                warnings.warn(f"{who} failed to add its commands: {type(exc).__name__}: {exc}", PluginWarning)
+                continue
+            for name, command in list(cli.commands.items()):
+                if before.get(name) is command:
+                    continue
+                if name in builtin or name in before:
+                    if name in before:
+                        cli.commands[name] = before[name]
+                    else:
+                        del cli.commands[name]
+                    warnings.warn(f"{who} adds a command {name!r}, a name already taken; it was skipped",
+                                  PluginWarning)
+                elif info is not None:
+                    info.registered.setdefault("command", []).append(name)
 
     def loaded_versions(self) -> dict[str, str]:
         """``{distribution: version}`` of every loaded plug-in (for manifests)."""
-        return {p.distribution: p.version for p in self.plugins if p.error is None}
+        return {p.distribution: p.version for p in self.plugins if p.loaded}
+
+    def provenance(self, **names: str | None) -> dict[str, dict[str, str]]:
+        """``{kind: {name, plugin, distribution, version}}`` for each ``kind=name`` given (``None``: left out).
+
+        For example ``provenance(method="cam-avg", pooling="avg")``; recorded in
+        each run's ``results.json`` as ``provided_by``.
+        """
+        out = {}
+        for kind, name in names.items():
+            if name is not None:
+                entry = self.entry_for(kind, name)
+                out[kind] = {"name": entry.name, "plugin": entry.plugin, "distribution": entry.distribution,
+                             "version": entry.version}
+        return out
 
     def entry_for(self, kind: str, name: str) -> Entry:
         return self.registries[kind].get(name)
@@ -162,6 +212,8 @@ def _make_register(kind: str, info: PluginInfo, staged: list[tuple[str, Entry]])
     def register(name, factory, *, summary: str = "", aliases=()):  # noqa: ANN001
         if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
             raise TypeError(f"{kind} {name!r}: factory must be callable or a 'module:attr' string")
+        for each in (name, *aliases):
+            check_name(kind, each)
         staged.append(
             (
                 kind,
@@ -178,6 +230,10 @@ def _make_register(kind: str, info: PluginInfo, staged: list[tuple[str, Entry]])
         )
 
     return register
+
+
+def _describe(info: PluginInfo) -> str:
+    return f"plug-in {info.name!r} from {info.distribution} {info.version}"
 
 
 def _check_free(registry: Registry, entry: Entry, staged: list[tuple[str, Entry]]) -> None:

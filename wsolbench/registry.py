@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsolbench.errors import DuplicateNameError, UnknownNameError
+from wsolbench.errors import DuplicateNameError, PluginImportError, UnknownNameError
 
 
 @dataclass
@@ -34,9 +34,16 @@ class Entry:
         if self._resolved is None:
             if isinstance(self.factory, str):
                 module_name, _, attr = self.factory.partition(":")
-                obj: Any = importlib.import_module(module_name)
-                for part in attr.split(".") if attr else []:
-                    obj = getattr(obj, part)
+                try:
+                    obj: Any = importlib.import_module(module_name)
+                    for part in attr.split(".") if attr else []:
+                        obj = getattr(obj, part)
+                except (ImportError, AttributeError) as exc:
+                    raise PluginImportError(
+                        f"{self.name!r} cannot be used: {self.source} names {self.factory!r}, which fails to "
+                        f"import ({type(exc).__name__}: {exc}). Reinstall or update that distribution, or "
+                        f"uninstall it."
+                    ) from exc
                 self._resolved = obj
             else:
                 self._resolved = self.factory
@@ -53,7 +60,7 @@ class Registry:
 
     def add(self, entry: Entry) -> None:
         for name in (entry.name, *entry.aliases):
-            _check_name(self.kind, name)
+            check_name(self.kind, name)
             existing = self._lookup(name)
             if existing is not None:
                 raise DuplicateNameError(
@@ -95,6 +102,7 @@ class Registry:
         return self.resolve(name)(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-def _check_name(kind: str, name: str) -> None:
+def check_name(kind: str, name: str) -> None:
+    """Refuse names that cannot be typed as one command-line word."""
     if not isinstance(name, str) or not name or name != name.strip() or " " in name:
         raise ValueError(f"invalid {kind} name {name!r}: use lower-case words joined by '-'")

@@ -15,6 +15,8 @@ seed, ``-`` where a metric does not apply) and set the best value of each
 column in bold: the lowest classification error, the highest of the other
 metrics (the best threshold is a setting, not a score, and is never bold).
 The CSV is the summary itself, one line per label and dataset, numbers only.
+:func:`version_warnings` says when the runs of one table used different
+versions of the plug-in providing a method (or pooling, or dataset).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def read_run(path: Path) -> list[dict[str, Any]]:
         "seed": results["seed"],
         "path": str(path),
         "finished": str(manifest.get("finished") or ""),
-        "plugins": json.dumps((manifest.get("versions") or {}).get("plugins", {}), sort_keys=True),
+        "provided_by": json.dumps(_provided_by(results, manifest), sort_keys=True),
     }
     records = [{**base, **{m: _number(results.get(m)) for m in METRICS}, "histograms": str(path / HISTOGRAMS)}]
     crf = results.get("crf")
@@ -164,7 +166,7 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collection:
             records.extend(read_run(path))
         except _Skip as exc:
             skipped.append(Skipped(str(path), str(exc)))
-    columns = ["label", "method", "dataset", "seed", "path", "finished", "plugins", *METRICS, "histograms"]
+    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", *METRICS, "histograms"]
     runs = pd.DataFrame(records, columns=columns)
     if len(runs):  # a rerun of the same label, dataset and seed replaces the older run, CRF row included
         runs = runs.sort_values(["finished", "path"], kind="stable")
@@ -418,15 +420,52 @@ def format_for(path: str | os.PathLike) -> str:
     return {".csv": "csv", ".tex": "latex", ".md": "markdown", ".markdown": "markdown"}.get(suffix, "table")
 
 
-def version_notes(runs: pd.DataFrame) -> list[str]:
-    """One line per (label, dataset) whose runs were made with different plug-in versions."""
-    out = []
-    for (label, dataset), group in runs.groupby(["label", "dataset"], sort=True):
-        versions = [json.loads(v) for v in group["plugins"].unique()]
-        if len(versions) > 1:
-            names = sorted({k for v in versions for k in v if len({w.get(k) for w in versions}) > 1})
-            out.append(f"the runs of {label} on {dataset} used different versions of {', '.join(names)}")
+def _provided_by(results: dict[str, Any], manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """``{kind: [name, distribution, version]}`` of the plug-ins that provided a run's method, pooling, dataset.
+
+    Runs made before ``results.json`` recorded ``provided_by`` get their
+    method's entry from the distribution that provides that method now and the
+    version of it that their manifest lists.
+    """
+    out = {}
+    for kind, source in (results.get("provided_by") or {}).items():
+        if isinstance(source, dict) and source.get("distribution"):
+            out[kind] = [str(source.get("name", "")), str(source["distribution"]), str(source.get("version", ""))]
+    method = results.get("method")
+    if "method" not in out and method:
+        from wsolbench.plugins import registry
+
+        try:
+            distribution = registry("method").get(str(method)).distribution
+        except UnknownNameError:
+            return out
+        versions = (manifest.get("versions") or {}).get("plugins") or {}
+        if distribution in versions:
+            out["method"] = [str(method), distribution, str(versions[distribution])]
     return out
+
+
+def version_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> list[str]:
+    """One line per method (or pooling, dataset) whose runs in the table came from different plug-in versions.
+
+    ``summary`` limits the runs to its rows and datasets (those of the table).
+    """
+    if summary is not None:
+        runs = runs[runs["label"].isin(summary.attrs["rows"]) & runs["dataset"].isin(summary.attrs["datasets"])]
+    found: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {}
+    for path, provided in runs.drop_duplicates("path")[["path", "provided_by"]].itertuples(index=False):
+        for kind, (name, distribution, version) in json.loads(provided).items():
+            found.setdefault((kind, name), {}).setdefault((distribution, version), set()).add(path)
+    lines = []
+    for (kind, name), versions in sorted(found.items()):
+        if len(versions) > 1:
+            seen = ", ".join(
+                f"{dist} {version} ({len(paths)} run{'s' * (len(paths) > 1)})"
+                for (dist, version), paths in sorted(versions.items())
+            )
+            lines.append(f"the runs of {kind} {name!r} in this table were made with different versions of its "
+                         f"plug-in: {seen}; their results may not be comparable")
+    return lines
 
 
 # -- figures --------------------------------------------------------------------

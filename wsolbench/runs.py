@@ -8,7 +8,8 @@ one flushed line at a time):
                      seed, status (``running``, ``completed``, ``failed``, ``interrupted``),
                      timings, peak memory, the error if any
 ``metrics.jsonl``    one JSON line per finished epoch
-``results.json``     test metrics (percent), ``n_images``, the method's report label
+``results.json``     test metrics (percent), ``n_images``, the method's report label, the
+                     plug-ins that provided the method, pooling and dataset (``provided_by``)
 ``per_image.csv``    one row per test image
 ``histograms.npz``   the test set's foreground/background score histograms (``histograms_crf.npz``:
                      after dense-CRF, with ``eval.crf``)

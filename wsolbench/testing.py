@@ -1,17 +1,18 @@
-"""Contract checks for method plug-ins: run them on tiny inputs before a real experiment.
+"""The conformance kit: the contract checks every built-in plug-in passes, for any plug-in.
 
-:func:`check_method` builds a registered method (built-in or from any installed
-plug-in) on random images and asserts what the engine relies on::
+Run them on tiny inputs before a real experiment::
 
-    from wsolbench.testing import check_method
+    from wsolbench.testing import check_dataset, check_method, check_pooling
 
-    def test_my_method_meets_the_contract():
+    def test_my_plugin_meets_the_contracts():
         check_method("my-method")
+        check_pooling("my-pooling")
+        check_dataset("my-dataset", root="path/to/a/small/copy")
 
-Each failed check raises an :class:`AssertionError` that names the method and
-says what to fix. The checks:
+Each failed check raises an :class:`AssertionError` that names the plug-in and
+says what to fix. :func:`check_method` checks that:
 
-- the factory builds a :class:`~wsolbench.interfaces.Method`;
+- the factory builds a :class:`wsolbench.interfaces.Method`;
 - for trainable methods, one training step on a batch gives a finite scalar
   loss and its backward pass reaches the parameters with finite gradients;
 - methods without ``needs_masks = True`` train on batches without pixel masks
@@ -21,6 +22,19 @@ says what to fix. The checks:
   shape ``(N, H, W)``, the input's size, which agree with each other;
 - inference leaves no gradient in any parameter (for methods with
   ``needs_grad_at_inference``, which run with autograd on, as in the engine).
+
+:func:`check_pooling` checks that the factory builds a
+:class:`wsolbench.interfaces.Pooling` that turns maps (or features, with
+``consumes_features``) into finite ``(N, K)`` scores and ``(N, K, h, w)`` class
+maps at the input's resolution, lets gradients reach its input, and scores
+each image independently of the others in its batch (in evaluation mode).
+
+:func:`check_dataset` checks that the factory builds a
+:class:`wsolbench.interfaces.Dataset` whose splits have the labels
+``split_labels`` announces, whose items are dictionaries in the documented
+format (normalised ``(3, H, W)`` images, ``(1, H', W')`` binary masks, the
+item's index), whose training items of a split share one size (they are
+stacked into batches), and which the same seed rebuilds identically.
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from wsolbench.interfaces import Method, ModelSpec
+from wsolbench.interfaces import Dataset, Method, ModelSpec, Pooling
 
 #: the network of the quick profile: ResNet-18 from scratch, dilated to output stride 8
 TINY_MODEL = ModelSpec(backbone="resnet18", pretrained=False, output_stride=8)
@@ -156,3 +170,121 @@ def _check_maps(maps: Tensor, what: str, label: str, shape: tuple[int, ...]) -> 
     assert torch.isfinite(maps).all(), f"{what}: {label} returned NaN or infinite values"
     low, high = float(maps.min()), float(maps.max())
     assert low >= 0 and high <= 1, f"{what}: {label} values span [{low:.4g}, {high:.4g}], not within [0, 1]"
+
+
+def check_pooling(
+    name: str,
+    num_classes: int = 3,
+    in_channels: int = 8,
+    size: tuple[int, int] = (5, 7),
+    batch_size: int = 2,
+    **params: Any,
+) -> Pooling:
+    """Build pooling ``name`` and check the contract on random ``size`` maps; returns the pooling.
+
+    ``params`` override the pooling's ``defaults``; ``in_channels`` is the
+    number of backbone features a pooling with ``consumes_features`` receives.
+    """
+    from wsolbench.plugins import registry
+
+    torch.manual_seed(0)
+    pooling = registry("pooling").create(name, num_classes=num_classes, in_channels=in_channels, **params)
+    assert isinstance(pooling, Pooling), (
+        f"pooling {name!r}: its factory returned {type(pooling).__name__}, not a wsolbench.interfaces.Pooling"
+    )
+    what = f"pooling {name!r} ({type(pooling).__name__})"
+    channels = in_channels if pooling.consumes_features else num_classes * pooling.modalities
+    n, (h, w) = batch_size, size
+    x = torch.randn(n, channels, h, w, requires_grad=True)
+    pooling.train()
+    scores, maps = pooling(x)
+    assert isinstance(scores, Tensor) and tuple(scores.shape) == (n, num_classes), (
+        f"{what}: scores have shape {tuple(getattr(scores, 'shape', ()))}, expected (N, K) = {(n, num_classes)}"
+    )
+    assert isinstance(maps, Tensor) and tuple(maps.shape) == (n, num_classes, h, w), (
+        f"{what}: class maps have shape {tuple(getattr(maps, 'shape', ()))}, expected (N, K, h, w) = "
+        f"{(n, num_classes, h, w)}, one map per class at the input's resolution"
+    )
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all(), f"{what}: non-finite scores or maps"
+    no_gradient = f"{what}: no gradient reaches the input maps, so the network below the pooling cannot learn"
+    assert scores.requires_grad, no_gradient
+    (scores * torch.randn_like(scores)).sum().backward()  # random weights: a plain sum can cancel out
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0), no_gradient
+    pooling.eval()
+    with torch.no_grad():
+        together, _ = pooling(x.detach())
+        alone, alone_maps = pooling(x.detach()[:1])
+    assert torch.allclose(together[:1], alone, atol=1e-5), (
+        f"{what}: in evaluation mode, an image's scores depend on the other images of its batch"
+    )
+    assert tuple(alone_maps.shape) == (1, num_classes, h, w), (
+        f"{what}: class maps of a batch of one have the wrong shape"
+    )
+    return pooling
+
+
+def check_dataset(
+    name: str, root: str | None = None, seed: int = 0, items: int = 2, **params: Any
+) -> Dataset:
+    """Build dataset ``name`` and check the contract on the first ``items`` items of each split.
+
+    ``root`` is the data folder (for datasets with ``needs_root``); ``params``
+    override the dataset's ``defaults`` (small sizes keep the check fast).
+    """
+    from wsolbench.plugins import registry
+
+    def build() -> Dataset:
+        return registry("dataset").create(name, root=root, seed=seed, **params)
+
+    dataset = build()
+    assert isinstance(dataset, Dataset), (
+        f"dataset {name!r}: its factory returned {type(dataset).__name__}, not a wsolbench.interfaces.Dataset"
+    )
+    what = f"dataset {name!r} ({type(dataset).__name__})"
+    classes = dataset.classes
+    assert classes and all(isinstance(c, str) for c in classes), f"{what}: classes must be a non-empty list of names"
+    k = len(classes)
+    for split_name in dataset.split_names:
+        labels = dataset.split_labels(split_name)
+        assert labels, f"{what}: split {split_name!r} is empty"
+        assert all(isinstance(y, int) and 0 <= y < k for y in labels), (
+            f"{what}: split {split_name!r} has labels outside 0..{k - 1} (or not ints)"
+        )
+        train_sizes = set()
+        for train in (True, False):
+            split = dataset.split(split_name, train=train)
+            assert len(split) == len(labels), (
+                f"{what}: split {split_name!r} has {len(split)} items but split_labels gives {len(labels)} labels"
+            )
+            for i in range(min(items, len(split))):
+                _check_item(split[i], i, labels[i], f"{what}, split {split_name!r} (train={train}), item {i}")
+                if train:
+                    train_sizes.add(tuple(split[i]["image"].shape))
+        assert len(train_sizes) <= 1, (
+            f"{what}: training items of split {split_name!r} differ in size {sorted(train_sizes)}; "
+            f"training transforms must give equal sizes (they are stacked into batches)"
+        )
+    again = build()
+    for split_name in dataset.split_names:
+        assert again.split_labels(split_name) == dataset.split_labels(split_name), (
+            f"{what}: the same seed gives different labels for split {split_name!r}"
+        )
+    return dataset
+
+
+def _check_item(item: Any, index: int, label: int, what: str) -> None:
+    assert isinstance(item, dict), f"{what}: items must be dictionaries, got {type(item).__name__}"
+    missing = {"image", "label", "mask", "index"} - set(item)
+    assert not missing, f"{what}: missing keys {sorted(missing)}"
+    image, mask = item["image"], item["mask"]
+    assert isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point(), (
+        f"{what}: image must be a float tensor (3, H, W), got {getattr(image, 'dtype', type(image))} "
+        f"{tuple(getattr(image, 'shape', ()))}"
+    )
+    assert torch.isfinite(image).all(), f"{what}: the image has NaN or infinite values"
+    assert isinstance(mask, Tensor) and mask.dim() == 3 and mask.shape[0] == 1, (
+        f"{what}: mask must be a tensor (1, H', W'), got {tuple(getattr(mask, 'shape', ()))}"
+    )
+    assert bool(((mask == 0) | (mask == 1)).all()), f"{what}: mask values must be 0 or 1"
+    assert int(item["label"]) == label, f"{what}: label {int(item['label'])} but split_labels says {label}"
+    assert int(item["index"]) == index, f"{what}: index {int(item['index'])}, expected its position {index}"

@@ -14,7 +14,7 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
     from rich.table import Table
 
     from wsolbench.console import out
-    from wsolbench.plugins import get_host
+    from wsolbench.plugins import DISABLE_AUTOLOAD_ENV, get_host
 
     host = get_host()
     globs = list(patterns) or ["*"]
@@ -31,11 +31,22 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
             table.add_row(entry.name + aliases, entry.summary, f"{entry.distribution} {entry.version}")
         out.print(table)
     if what in ("plugins", "all"):
+        ctx = click.get_current_context()
+        root = ctx.find_root().command
+        if isinstance(root, click.Group):  # asking it for its commands lets plug-ins add theirs
+            root.list_commands(ctx)
         table = Table(title="plugins", title_justify="left", show_edge=False)
         for col in ("name", "distribution", "version", "registers", "status"):
             table.add_column(col)
         for info in host.plugins:
             registers = "; ".join(f"{k}s: {', '.join(v)}" for k, v in info.registered.items())
-            status = f"[red]{escape(info.error)}[/red]" if info.error else "[green]loaded[/green]"
+            if info.error:
+                status = f"[red]{escape(info.error)}[/red]"
+            elif info.skipped:
+                status = f"[yellow]not loaded: {escape(info.skipped)}[/yellow]"
+            else:
+                status = "[green]loaded[/green]"
             table.add_row(info.name, info.distribution, info.version, registers, status)
         out.print(table)
+        if not host.autoload:
+            out.print(f"third-party plug-ins are not loaded: {DISABLE_AUTOLOAD_ENV} is set")

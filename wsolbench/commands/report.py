@@ -45,11 +45,11 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
 
     collection = rep.collect(paths)
     print_skipped(collection.skipped)
-    for line in rep.version_notes(collection.runs):
-        err.print(f"[yellow]note:[/yellow] {line}")
     summary = rep.summarize(
         collection.runs, _split(metrics) or rep.DEFAULT_METRICS, _split(rows) or None, _split(datasets) or None
     )
+    for line in rep.version_warnings(collection.runs, summary):
+        err.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
     fmt = fmt or (rep.format_for(output) if output else "table")
     if output:
         atomic_write_text(output, rep.render(summary, fmt, title))

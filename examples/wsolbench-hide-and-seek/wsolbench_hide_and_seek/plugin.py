@@ -1,0 +1,33 @@
+"""The hook implementations wsolbench calls (the module named by the entry point).
+
+It imports nothing heavy: each factory is a ``"module:attribute"`` string that
+wsolbench imports only when the name is used, so ``wsolbench list`` and
+``wsolbench --help`` stay fast. The command is imported when the command line
+is built, and its module keeps torch out of its top level for the same reason.
+"""
+
+from wsolbench import hookimpl
+
+_HERE = "wsolbench_hide_and_seek"
+
+
+@hookimpl
+def wsolbench_register_methods(register):
+    register(
+        "hide-and-seek",
+        f"{_HERE}.method:HideAndSeek",
+        summary="Hide-and-Seek: CAM trained on images with random grid patches hidden",
+        aliases=("has",),
+    )
+
+
+@hookimpl
+def wsolbench_register_poolings(register):
+    register("gem", f"{_HERE}.pooling:GemPooling", summary="generalized-mean (GeM) pooling of features, exponent p")
+
+
+@hookimpl
+def wsolbench_register_commands(cli):
+    from wsolbench_hide_and_seek.demo import demo
+
+    cli.add_command(demo)
