@@ -94,3 +94,10 @@ def test_run_with_crf_reports_both(tmp_path):
     assert hist["fg"].sum() + hist["bg"].sum() == 8 * 32 * 32
     for name in ("overlays.png", "pr_curve.png"):
         assert (run / name).stat().st_size > 0
+
+
+def test_glas_brings_the_papers_histology_parameters():
+    from wsolbench.crf import HISTOLOGY, params_for
+    from wsolbench_plugins.datasets.glas import Glas
+
+    assert params_for(Glas) == HISTOLOGY

@@ -44,6 +44,10 @@ class Glas(FileDataset):
         "quick": {"dataset": {"resize_short": 128, "crop_size": 96}, "eval": {"batch_size": 16}},
     }
     classes_: ClassVar[list[str]] = ["benign", "malignant"]
+    #: the paper's dense-CRF parameters for histology (``eval.crf = true``)
+    crf_params: ClassVar[dict[str, Any]] = {
+        "iterations": 2, "gauss_sxy": 3.0, "bilateral_sxy": 13.0, "bilateral_srgb": 3.0,
+    }
 
     @property
     def classes(self) -> list[str]:
