@@ -164,6 +164,7 @@ def train_one_epoch(
     """One pass over the training split; returns mean loss, training error and the method's logs."""
     device = precision.device
     method.train()
+    method.on_epoch_start(epoch)
     keys = ("image", "label", "index") + (("mask",) if method.needs_masks else ())
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     wrong = torch.zeros((), device=device, dtype=torch.long)
