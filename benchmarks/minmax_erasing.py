@@ -7,10 +7,11 @@ its dataset plug-in is installed and the data is found, else the synthetic
 dataset at 224 px.
 
 Time: both models are built from the same initial weights and trained on the
-same batches, their epochs interleaved (u = 0, u = 4, u = 0, ...) so that a
-change in the machine's load touches both. Memory: each setting trains a few
-steps in its own process, whose peak resident memory (``ru_maxrss``) is read
-before and after training.
+same batches, their steps interleaved (u = 0 then u = 4 on one batch, u = 4
+then u = 0 on the next), so that a change in the machine's load touches both
+alike; only the training steps are timed (the loader's workers prefetch).
+Memory: each setting trains a few steps in its own process; the kernel's
+resident-memory high-water mark is reset before training and read after.
 
     python benchmarks/minmax_erasing.py                       # GlaS if found, else synthetic
     python benchmarks/minmax_erasing.py --dataset synthetic --epochs 2
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -83,7 +84,10 @@ def make_config(args: argparse.Namespace, dataset: str, u: int, workers: int):
 
 
 def build(cfg, split=None):
-    """``(method, optimizer, loader, split)`` on the CPU, weights drawn from ``cfg.seed``."""
+    """``(method, optimizer, loader, split)`` on the CPU, weights drawn from ``cfg.seed``.
+
+    The loader's order depends on the seed only, so two builds see the same batches.
+    """
     import torch
 
     from wsolbench import engine
@@ -102,75 +106,104 @@ def build(cfg, split=None):
     return method, optimizer, loader, split
 
 
-def time_epochs(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, float]]:
-    import torch
-
-    from wsolbench import engine
-
+def time_steps(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, float]]:
+    """Train both models on the same batches, their steps interleaved; seconds and logs per setting."""
     settings = (0, args.u)
     runs, split = {}, None
     for u in settings:
         cfg = make_config(args, dataset, u, args.workers)
         method, optimizer, loader, split = build(cfg, split)
-        runs[u] = {"cfg": cfg, "method": method, "optimizer": optimizer, "loader": loader, "seconds": [], "logs": []}
-    precision = engine.Precision.choose(torch.device("cpu"), amp=False)
-    images_per_epoch = len(runs[0]["loader"]) * args.batch_size
+        runs[u] = {"method": method, "optimizer": optimizer, "seconds": [0.0] * args.epochs, "logs": []}
+    # one loader feeds both models: the same batches, loaded once
+    warmup = next(iter(loader))
+    for r in runs.values():  # one untimed step each: lazy initialisation is not the method's cost
+        r["method"].train()
+        r["method"].training_step(warmup, lambda loss: loss.backward())
+        r["method"].zero_grad(set_to_none=True)
+    images = 0
     for epoch in range(args.epochs):
-        for u in settings:
-            r = runs[u]
-            t0 = time.perf_counter()
-            logs = engine.train_one_epoch(r["method"], r["loader"], r["optimizer"], precision, r["cfg"], epoch)
-            r["seconds"].append(time.perf_counter() - t0)
-            r["logs"].append(logs)
-            print(
-                f"epoch {epoch + 1}/{args.epochs}  u={u}: {r['seconds'][-1]:7.1f} s  "
-                f"{images_per_epoch / r['seconds'][-1]:5.2f} images/s  depth {logs.get('train_erase_depth', 0):.2f}  "
-                f"passes/sample {logs.get('train_erase_passes', 0):.2f}  loss {logs['train_loss']:.3f}",
-                flush=True,
-            )
+        for r in runs.values():
+            r["method"].train()
+            r["method"].on_epoch_start(epoch)
+        for step, batch in enumerate(loader):
+            order = settings if step % 2 == 0 else settings[::-1]  # neither always runs first
+            for u in order:
+                r = runs[u]
+                t0 = time.perf_counter()
+                r["optimizer"].zero_grad(set_to_none=True)
+                out = r["method"].training_step(batch, lambda loss: loss.backward())
+                r["optimizer"].step()
+                r["seconds"][epoch] += time.perf_counter() - t0
+                r["logs"].append({k: float(v) for k, v in out.logs.items()})
+            images += len(batch["label"])
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: "
+            + "  ".join(f"u={u} {runs[u]['seconds'][epoch]:6.1f} s" for u in settings)
+            + f"  mean depth so far {mean_log(runs[args.u]['logs'], 'erase_depth'):.2f}",
+            flush=True,
+        )
     out = {}
     for u in settings:
         r = runs[u]
         out[u] = {
             "seconds": sum(r["seconds"]),
             "seconds_after_first": sum(r["seconds"][1:]),
-            "images_per_s": images_per_epoch * len(r["seconds"]) / sum(r["seconds"]),
-            "depth": sum(x.get("train_erase_depth", 0.0) for x in r["logs"]) / len(r["logs"]),
-            "passes": sum(x.get("train_erase_passes", 0.0) for x in r["logs"]) / len(r["logs"]),
+            "images_per_s": images / sum(r["seconds"]),
+            "depth": mean_log(r["logs"], "erase_depth"),
+            "passes": mean_log(r["logs"], "erase_passes"),
         }
     return out
 
 
-def probe_memory(args: argparse.Namespace, dataset: str) -> None:
-    """Train ``--memory-steps`` steps with ``u = --probe-memory``; print peak RSS before/after as JSON."""
-    import torch
+def mean_log(logs: list[dict[str, float]], key: str) -> float:
+    return sum(x.get(key, 0.0) for x in logs) / max(len(logs), 1)
 
-    from wsolbench import engine
+
+def probe_memory(args: argparse.Namespace, dataset: str) -> None:
+    """Train ``--memory-steps`` steps with ``u = --probe-memory``; print resident memory before and at peak (JSON).
+
+    The kernel's high-water mark is reset just before training
+    (``/proc/self/clear_refs``), so the peak is that of the training steps,
+    not of building the model or the data.
+    """
+    import gc
 
     cfg = make_config(args, dataset, args.probe_memory, workers=0)
     method, optimizer, loader, _ = build(cfg)
     method.train()
-    precision = engine.Precision.choose(torch.device("cpu"), amp=False)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    steps = 0
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = proc_status_kib("VmRSS")
+    steps, depth = 0, 0.0
     while steps < args.memory_steps:
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                out = method.training_step(batch, lambda loss: loss.backward())
+            out = method.training_step(batch, lambda loss: loss.backward())
             optimizer.step()
             steps += 1
+            depth += float(out.logs.get("erase_depth", 0.0))
             if steps == args.memory_steps:
                 break
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"before_kib": before, "peak_kib": after, "depth": float(out.logs.get("erase_depth", 0))}))
+    peak = proc_status_kib("VmHWM")
+    print(json.dumps({"before_kib": before, "peak_kib": peak, "depth": depth / steps}))
+
+
+def proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure_memory(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, float]]:
     out = {}
     for u in (0, args.u):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--dataset", dataset, "--probe-memory", str(u)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # a fixed mmap threshold: freed tensors go back to the system, so resident memory follows live memory
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"memory probe u={u} failed:\n{proc.stderr}")
         out[u] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.trust_mode}, torch {torch.__version__} with {torch.get_num_threads()} threads",
         flush=True,
     )
-    timing = time_epochs(args, dataset)
+    timing = time_steps(args, dataset)
     memory = measure_memory(args, dataset)
     t0, tu = timing[0], timing[u]
     ratio = tu["seconds"] / t0["seconds"]

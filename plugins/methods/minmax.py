@@ -120,7 +120,6 @@ class Erasure:
     depth: int  #: passes of the localizer over the batch (1..u)
     passes: int  #: sample-passes: the sum over passes of the samples still erasing
     loss0: Tensor  #: Eq.8 per sample on the unerased images (detached)
-    logits0: Tensor  #: the localizer's scores on the unerased images (detached)
 
 
 def recursive_erasing(
@@ -156,7 +155,7 @@ def recursive_erasing(
     accumulated = torch.zeros(n, 1, *size, device=images.device, dtype=torch.float32)
     rows = torch.arange(n, device=images.device)
     x, y = images, labels
-    loss0 = logits0 = None
+    loss0 = None
     passes = 0
     for t in range(depth):
         scores, class_maps = localizer(x)
@@ -164,7 +163,7 @@ def recursive_erasing(
         backward(losses.sum() * (weight / n))
         losses = losses.detach()
         if loss0 is None:
-            loss0, logits0 = losses, scores.detach()
+            loss0 = losses
         trust, trusted = trust_coefficients(scores, y, losses, loss0[rows], t, sigma_e)
         mask, _ = relevance_mask(scores, class_maps, size, omega, sigma, normalize)
         current = torch.maximum(accumulated[rows], trust.view(-1, 1, 1, 1) * mask)
@@ -178,7 +177,7 @@ def recursive_erasing(
             break
         erased = torch.where(trusted.view(-1, 1, 1, 1), x * (1 - current).to(x.dtype), x)
         x, y, rows = erased[keep], y[keep], rows[keep]
-    return Erasure(accumulated, t + 1, passes, loss0, logits0)
+    return Erasure(accumulated, t + 1, passes, loss0)
 
 
 # -- the method -------------------------------------------------------------------
