@@ -139,7 +139,8 @@ def time_steps(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, fl
         print(
             f"epoch {epoch + 1}/{args.epochs}: "
             + "  ".join(f"u={u} {runs[u]['seconds'][epoch]:6.1f} s" for u in settings)
-            + f"  mean depth so far {mean_log(runs[args.u]['logs'], 'erase_depth'):.2f}",
+            + f"  u={args.u} so far: {mean_log(runs[args.u]['logs'], 'erase_depth'):.2f} passes per batch, "
+            f"{mean_log(runs[args.u]['logs'], 'erase_passes'):.2f} per sample",
             flush=True,
         )
     out = {}
