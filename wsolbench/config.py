@@ -13,7 +13,9 @@ Layers, later ones winning:
 
 The sections are ``model``, ``train``, ``eval`` (fixed keys) and ``method``,
 ``pooling``, ``dataset`` (the keys are the plug-in's ``defaults``). An unknown
-key is an error with a did-you-mean suggestion.
+key is an error with a did-you-mean suggestion, except that a profile's
+``pooling`` keys (layers 2-4, meant for the method's default pooling) apply only
+where the chosen pooling has them.
 """
 
 from __future__ import annotations
