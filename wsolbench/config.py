@@ -13,7 +13,9 @@ Layers, later ones winning:
 
 The sections are ``model``, ``train``, ``eval`` (fixed keys) and ``method``,
 ``pooling``, ``dataset`` (the keys are the plug-in's ``defaults``). An unknown
-key is an error with a did-you-mean suggestion.
+key is an error with a did-you-mean suggestion, except that a profile's
+``pooling`` keys (layers 2-4, meant for the method's default pooling) apply only
+where the chosen pooling has them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    method: str = "cam-avg"
+    method: str = "minmax"
     dataset: str = "synthetic"
     profile: str = "quick"
     seed: int = 0
@@ -254,7 +256,13 @@ def resolve(
     layers = [PROFILES[chosen["profile"]]]
     layers += _profile_layers(getattr(dataset_cls, "profiles", {}), chosen["profile"], chosen["dataset"])
     layers += _profile_layers(getattr(method_cls, "profiles", {}), chosen["profile"], chosen["dataset"])
-    layers = [_normalise_layer(layer) for layer in layers] + user_layers
+    layers = [_normalise_layer(layer) for layer in layers]
+    # a profile's pooling settings are meant for its default pooling: kept aside and
+    # applied only where the chosen pooling has those keys (user layers stay strict)
+    profile_pooling: dict[str, Any] = {}
+    for layer in layers:
+        profile_pooling = deep_merge(profile_pooling, layer.pop("pooling", {}))
+    layers += user_layers
 
     base = dataclasses.asdict(RunConfig())
     merged: dict[str, Any] = {k: base[k] for k in TOP_KEYS}
@@ -270,7 +278,8 @@ def resolve(
     pooling_defaults: dict[str, Any] = {}
     if pooling_name is not None:
         pooling_defaults = dict(registry("pooling").resolve(pooling_name).defaults)
-    merged["pooling"] = deep_merge(pooling_defaults, merged["pooling"])
+    profile_pooling = {k: v for k, v in profile_pooling.items() if k in pooling_defaults}
+    merged["pooling"] = deep_merge(deep_merge(pooling_defaults, profile_pooling), merged["pooling"])
 
     _check_keys("method", merged["method"], method_cls.defaults, f"method {chosen['method']!r}")
     _check_keys("dataset", merged["dataset"], dataset_cls.defaults, f"dataset {chosen['dataset']!r}")

@@ -182,6 +182,7 @@ def train_one_epoch(
     device = precision.device
     step_fn = step_fn or method.training_step
     method.train()
+    method.on_epoch_start(epoch)
     keys = ("image", "label", "index") + (("mask",) if method.needs_masks else ())
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     wrong = torch.zeros((), device=device, dtype=torch.long)

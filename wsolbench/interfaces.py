@@ -102,6 +102,9 @@ class Method(nn.Module):
         backward(out.loss)
         return out
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the engine before each training epoch (``epoch`` counts from 0)."""
+
     def parameter_groups(self) -> list[dict[str, Any]] | None:
         """Optional optimizer parameter groups (``None``: all parameters, one group)."""
         return None

@@ -7,6 +7,10 @@ _HERE = "wsolbench_plugins.methods"
 
 @hookimpl
 def wsolbench_register_methods(register):
+    register(
+        "minmax", f"{_HERE}.minmax:MinMaxEntropy",
+        summary="min-max entropy with recursive erasing (Belharbi et al.); u=0: no erasing",
+    )
     register("cam-avg", f"{_HERE}.cam:CamAvg", summary="class activation maps with global average pooling")
     register("cam-max", f"{_HERE}.cam:CamMax", summary="class activation maps with global max pooling")
     register("cam-lse", f"{_HERE}.cam:CamLse", summary="class activation maps with log-sum-exp pooling")

@@ -1,0 +1,252 @@
+"""Cost of the recursive erasing: time, throughput and peak memory of min-max with u = 4 against u = 0.
+
+Settings of the issue (and of the reference implementation's measurement):
+ResNet-18 from random weights, 224 px training crops, batch 8, a few epochs,
+the paper's optimiser, the classifier on the half-resolution image. GlaS when
+its dataset plug-in is installed and the data is found, else the synthetic
+dataset at 224 px.
+
+Time: both models are built from the same initial weights and trained on the
+same batches, their steps interleaved (u = 0 then u = 4 on one batch, u = 4
+then u = 0 on the next), so that a change in the machine's load touches both
+alike; only the training steps are timed (the loader's workers prefetch).
+Memory: each setting trains a few steps in its own process; the kernel's
+resident-memory high-water mark is reset before training and read after.
+
+    python benchmarks/minmax_erasing.py                       # GlaS if found, else synthetic
+    python benchmarks/minmax_erasing.py --dataset synthetic --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GLAS = REPO.parent / "shared" / "data" / "glas"
+
+#: figures to compare with (method notes and the issue)
+PAPER_RATIOS = {"GlaS": 1.84, "CUB5": 2.17}
+REFERENCE = {"ratio": 2.70, "depth": 3.93, "u0_images_per_s": 4.3}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="auto", help="auto (glas when available, else synthetic), glas, synthetic")
+    ap.add_argument("--data-root", default=str(GLAS), help="GlaS folder (default: ../shared/data/glas)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=224, help="training crop size (synthetic: the image size)")
+    ap.add_argument("--n-train", type=int, default=67, help="synthetic training images (GlaS reference split: 67)")
+    ap.add_argument("--u", type=int, default=4, help="erasing depth compared with u = 0")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--pooling", default=None, help="default: the method's (wildcat) when registered, else avg")
+    ap.add_argument("--trust-mode", default="paper", choices=["paper", "reference"])
+    ap.add_argument("--memory-steps", type=int, default=3, help="training steps of each memory probe")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--probe-memory", type=int, default=None, metavar="U", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def choose_dataset(args: argparse.Namespace) -> str:
+    from wsolbench.plugins import registry
+
+    if args.dataset != "auto":
+        return args.dataset
+    return "glas" if "glas" in registry("dataset").names() and Path(args.data_root).is_dir() else "synthetic"
+
+
+def make_config(args: argparse.Namespace, dataset: str, u: int, workers: int):
+    from wsolbench import config
+    from wsolbench.plugins import registry
+
+    pooling = args.pooling or ("wildcat" if "wildcat" in registry("pooling").names() else "avg")
+    sets = [
+        f"model.backbone={args.backbone}", "model.pretrained=false", f"model.pooling={pooling}",
+        f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.num_workers={workers}",
+        f"method.u={u}", f"method.trust_mode={args.trust_mode}", f"seed={args.seed}", "device=cpu",
+    ]
+    dataset_keys = registry("dataset").resolve(dataset).defaults
+    if dataset == "synthetic":
+        sets += [f"dataset.image_size={args.crop}", f"dataset.n_train={args.n_train}"]
+    elif "crop_size" in dataset_keys:
+        sets.append(f"dataset.crop_size={args.crop}")
+    else:
+        print(f"note: dataset {dataset!r} has no crop_size setting; its paper-profile crops are used")
+    root = args.data_root if dataset != "synthetic" else None
+    return config.resolve("minmax", dataset, "paper", options={"data_root": root}, sets=sets)
+
+
+def build(cfg, split=None):
+    """``(method, optimizer, loader, split)`` on the CPU, weights drawn from ``cfg.seed``.
+
+    The loader's order depends on the seed only, so two builds see the same batches.
+    """
+    import torch
+
+    from wsolbench import engine
+    from wsolbench.utils import seed_everything
+
+    device = torch.device("cpu")
+    dataset = engine.build_dataset(cfg)
+    if split is None:
+        split = dataset.split("train")
+        for i in range(len(split)):  # decode every image once, before the workers fork
+            split[i]
+    seed_everything(cfg.seed)
+    method = engine.build_method(cfg, dataset.num_classes).to(device)
+    optimizer = engine.make_optimizer(method, cfg)
+    loader = engine.make_loader(split, cfg, True, device)
+    return method, optimizer, loader, split
+
+
+def time_steps(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, float]]:
+    """Train both models on the same batches, their steps interleaved; seconds and logs per setting."""
+    settings = (0, args.u)
+    runs, split = {}, None
+    for u in settings:
+        cfg = make_config(args, dataset, u, args.workers)
+        method, optimizer, loader, split = build(cfg, split)
+        runs[u] = {"method": method, "optimizer": optimizer, "seconds": [0.0] * args.epochs, "logs": []}
+    # one loader feeds both models: the same batches, loaded once
+    warmup = next(iter(loader))
+    for r in runs.values():  # one untimed step each: lazy initialisation is not the method's cost
+        r["method"].train()
+        r["method"].training_step(warmup, lambda loss: loss.backward())
+        r["method"].zero_grad(set_to_none=True)
+    images = 0
+    for epoch in range(args.epochs):
+        for r in runs.values():
+            r["method"].train()
+            r["method"].on_epoch_start(epoch)
+        for step, batch in enumerate(loader):
+            order = settings if step % 2 == 0 else settings[::-1]  # neither always runs first
+            for u in order:
+                r = runs[u]
+                t0 = time.perf_counter()
+                r["optimizer"].zero_grad(set_to_none=True)
+                out = r["method"].training_step(batch, lambda loss: loss.backward())
+                r["optimizer"].step()
+                r["seconds"][epoch] += time.perf_counter() - t0
+                r["logs"].append({k: float(v) for k, v in out.logs.items()})
+            images += len(batch["label"])
+        print(
+            f"epoch {epoch + 1}/{args.epochs}: "
+            + "  ".join(f"u={u} {runs[u]['seconds'][epoch]:6.1f} s" for u in settings)
+            + f"  u={args.u} so far: {mean_log(runs[args.u]['logs'], 'erase_depth'):.2f} passes per batch, "
+            f"{mean_log(runs[args.u]['logs'], 'erase_passes'):.2f} per sample",
+            flush=True,
+        )
+    out = {}
+    for u in settings:
+        r = runs[u]
+        out[u] = {
+            "seconds": sum(r["seconds"]),
+            "seconds_after_first": sum(r["seconds"][1:]),
+            "images_per_s": images / sum(r["seconds"]),
+            "depth": mean_log(r["logs"], "erase_depth"),
+            "passes": mean_log(r["logs"], "erase_passes"),
+        }
+    return out
+
+
+def mean_log(logs: list[dict[str, float]], key: str) -> float:
+    return sum(x.get(key, 0.0) for x in logs) / max(len(logs), 1)
+
+
+def probe_memory(args: argparse.Namespace, dataset: str) -> None:
+    """Train ``--memory-steps`` steps with ``u = --probe-memory``; print resident memory before and at peak (JSON).
+
+    The kernel's high-water mark is reset just before training
+    (``/proc/self/clear_refs``), so the peak is that of the training steps,
+    not of building the model or the data.
+    """
+    import gc
+
+    cfg = make_config(args, dataset, args.probe_memory, workers=0)
+    method, optimizer, loader, _ = build(cfg)
+    method.train()
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = proc_status_kib("VmRSS")
+    steps, depth = 0, 0.0
+    while steps < args.memory_steps:
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            out = method.training_step(batch, lambda loss: loss.backward())
+            optimizer.step()
+            steps += 1
+            depth += float(out.logs.get("erase_depth", 0.0))
+            if steps == args.memory_steps:
+                break
+    peak = proc_status_kib("VmHWM")
+    print(json.dumps({"before_kib": before, "peak_kib": peak, "depth": depth / steps}))
+
+
+def proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, float]]:
+    out = {}
+    for u in (0, args.u):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--dataset", dataset, "--probe-memory", str(u)]
+        # a fixed mmap threshold: freed tensors go back to the system, so resident memory follows live memory
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"memory probe u={u} failed:\n{proc.stderr}")
+        out[u] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    dataset = choose_dataset(args)
+    if args.probe_memory is not None:
+        probe_memory(args, dataset)
+        return
+    u = args.u
+    print(
+        f"min-max erasing cost: dataset {dataset}, {args.backbone} from random weights, {args.crop} px, "
+        f"batch {args.batch_size}, {args.epochs} epochs, {args.workers} loader workers, trust_mode "
+        f"{args.trust_mode}, torch {torch.__version__} with {torch.get_num_threads()} threads",
+        flush=True,
+    )
+    timing = time_steps(args, dataset)
+    memory = measure_memory(args, dataset)
+    t0, tu = timing[0], timing[u]
+    ratio = tu["seconds"] / t0["seconds"]
+    steady = tu["seconds_after_first"] / t0["seconds_after_first"] if args.epochs > 1 else float("nan")
+    peak = memory[u]["peak_kib"] / memory[0]["peak_kib"]
+    growth0 = memory[0]["peak_kib"] - memory[0]["before_kib"]
+    growth = (memory[u]["peak_kib"] - memory[u]["before_kib"]) / growth0 if growth0 > 0 else float("nan")
+    print()
+    print(f"training time u={u} / u=0         x{ratio:.2f}   (after the first epoch: x{steady:.2f})")
+    print(f"  mean erasing depth reached       {tu['depth']:.2f} of {u} passes per batch, "
+          f"{tu['passes']:.2f} passes per sample (compacted)")
+    print(f"  paper: x{PAPER_RATIOS['GlaS']} (GlaS), x{PAPER_RATIOS['CUB5']} (CUB5); reference code here: "
+          f"x{REFERENCE['ratio']} at depth {REFERENCE['depth']} of 4")
+    print(f"u=0 training throughput            {t0['images_per_s']:.2f} images/s   "
+          f"(x{t0['images_per_s'] / REFERENCE['u0_images_per_s']:.2f} the reference's {REFERENCE['u0_images_per_s']})")
+    print(f"u={u} training throughput            {tu['images_per_s']:.2f} images/s")
+    print(f"peak memory u={u} / u=0             x{peak:.3f}   ({memory[u]['peak_kib'] / 1024:.0f} / "
+          f"{memory[0]['peak_kib'] / 1024:.0f} MiB resident)")
+    print(f"  growth during training u={u} / u=0 x{growth:.3f}   ({args.memory_steps} steps each, own process)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Min-max entropy with recursive erasing (Belharbi et al., arXiv 1907.12934).
+
+A localizer ``f`` and a classifier ``g`` share one backbone and have one
+class-map head each. ``f`` turns the image ``X`` into a pseudo-binary mask
+``R+``; ``g`` must classify ``X+ = X * R+`` with confidence (Eq.3) and be
+unable to decide on ``X- = X * (1 - R+)`` (Eq.6, cross-entropy against the
+uniform distribution); ``f`` is also trained on its own class scores (Eq.8).
+Total loss (Eq.9): ``w_pos * Eq.3 + w_neg * Eq.6 + w_loc * Eq.8``.
+
+The mask (Eq.10, Eq.11): ``M+ = sum_k softmax(f(X))_k M_k``, upsampled
+bilinearly to the image size and detached (an input for ``g``, so ``f``'s head
+learns from Eq.8 only), min-max normalised (per image; per batch as the
+reference code does in training, with ``normalize = "batch"``), then
+``R+ = sigmoid(omega * (M^ - sigma))``.
+
+Recursive erasing (Eq.12-14, Algorithm 1), training only, at most ``u``
+passes of ``f``: at pass ``t`` each sample gets the trust
+``Omega(t) = exp(-t / sigma_e) * Psi(t)``, where ``Psi(t) = p^(y | X^t)`` if
+``f`` classifies the current image ``X^t`` correctly and its loss is not above
+the loss on the unerased image, else 0. The accumulator
+``R* <- max(R*, Omega(t) R+(t))`` starts at 0 for every batch, the next image
+is ``X^{t+1} = X^t * (1 - R*)``, and ``g`` finally sees ``X * R*`` and
+``X * (1 - R*)``. With ``trust_mode = "paper"`` a zero trust is permanent;
+with ``"reference"`` (the authors' code) only a wrong label is, and a failed
+loss check skips the erasing of that pass only. A sample stops at zero
+trust; the batch stops after ``u`` passes or when no sample is left.
+
+Cost and memory: Eq.8 is back-propagated right after each pass (gradient
+accumulation), so one pass's graph is alive at a time and the peak memory is
+that of ``u = 0``; each further pass runs only on the samples still erasing,
+so its cost follows their number. ``u = 0`` is the variant without erasing:
+one pass, ``R+`` used as is (no trust), one backward of Eq.9.
+
+Inference is a single pass: the class comes from ``g`` on ``X+`` (as in the
+paper), the map is ``f``'s normalised ``M+`` (per image).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsolbench.errors import ConfigError
+from wsolbench.interfaces import Method, ModelSpec, StepOutput
+from wsolbench.models import ClassMapHead, build_backbone, build_pooling, feature_channels, minmax_normalize, upsample
+
+TRUST_MODES = ("paper", "reference")
+NORMALIZATIONS = ("image", "batch")
+
+#: ``images -> (scores (N, K), class_maps (N, K, h, w))``
+Localizer = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+# -- the equations ----------------------------------------------------------------
+def uniform_target_loss(logits: Tensor) -> Tensor:
+    """Eq.6 per sample: cross-entropy against the uniform target, ``-(1/K) sum_k log p(k | x)``.
+
+    Its minimum, ``log K``, is reached exactly when the prediction is uniform
+    (maximal entropy).
+    """
+    return -F.log_softmax(logits.float(), dim=1).mean(dim=1)
+
+
+def positive_map(scores: Tensor, class_maps: Tensor) -> Tensor:
+    """Eq.10: ``M+ = sum_k p(k | x) M_k`` with ``p`` the softmax of ``scores``; ``(N, 1, h, w)``."""
+    probs = F.softmax(scores.float(), dim=1)
+    return torch.einsum("nk,nkhw->nhw", probs, class_maps.float()).unsqueeze(1)
+
+
+def normalize_maps(maps: Tensor, per: str = "image") -> Tensor:
+    """Min-max normalisation to [0, 1] of each image's map (``"image"``) or of the whole batch (``"batch"``)."""
+    if per == "batch":
+        return minmax_normalize(maps.reshape(1, -1)).view_as(maps)
+    return minmax_normalize(maps)
+
+
+@torch.no_grad()
+def relevance_mask(
+    scores: Tensor,
+    class_maps: Tensor,
+    size: tuple[int, int],
+    omega: float = 8.0,
+    sigma: float = 0.5,
+    normalize: str = "image",
+) -> tuple[Tensor, Tensor]:
+    """Eq.10-11 without gradient: ``(R+, M^)``, both ``(N, 1, H, W)`` in [0, 1].
+
+    ``M^`` is ``M+`` upsampled to ``size`` and min-max normalised;
+    ``R+ = sigmoid(omega * (M^ - sigma))``.
+    """
+    normalized = normalize_maps(upsample(positive_map(scores, class_maps), tuple(size)), normalize)
+    return torch.sigmoid(omega * (normalized - sigma)), normalized
+
+
+def trust_coefficients(
+    logits: Tensor, labels: Tensor, loss: Tensor, loss0: Tensor, step: int, sigma_e: float
+) -> tuple[Tensor, Tensor]:
+    """Eq.12-14 at pass ``step``: ``(Omega, trusted)``.
+
+    ``Omega = exp(-step / sigma_e) * Psi`` with ``Psi = p(y | X^t)`` where
+    ``trusted`` (the prediction is ``y`` and ``loss <= loss0``), else 0.
+    """
+    probs = F.softmax(logits.detach().float(), dim=1)
+    p_true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    trusted = (probs.argmax(dim=1) == labels) & (loss <= loss0)
+    return torch.where(trusted, p_true, torch.zeros_like(p_true)) * math.exp(-step / sigma_e), trusted
+
+
+@dataclass
+class Erasure:
+    """The outcome of :func:`recursive_erasing` on one batch."""
+
+    accumulated: Tensor  #: ``R*``, ``(N, 1, H, W)`` in [0, 1]
+    depth: int  #: passes of the localizer over the batch (1..u)
+    passes: int  #: sample-passes: the sum over passes of the samples still erasing
+    loss0: Tensor  #: Eq.8 per sample on the unerased images (detached)
+
+
+def recursive_erasing(
+    localizer: Localizer,
+    images: Tensor,
+    labels: Tensor,
+    backward: Callable[[Tensor], None],
+    *,
+    depth: int = 4,
+    sigma_e: float = 10.0,
+    omega: float = 8.0,
+    sigma: float = 0.5,
+    trust_mode: str = "paper",
+    normalize: str = "image",
+    weight: float = 1.0,
+    observe: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
+) -> Erasure:
+    """Algorithm 1: accumulate trusted masks over at most ``depth`` passes of ``localizer``.
+
+    After each pass, ``backward(weight * sum_i L_i / N)`` is called on Eq.8 of
+    the samples in that pass (``N``: the batch size, so every sample-pass
+    weighs the same and the first pass is the batch mean), which frees the
+    pass's graph. Samples whose trust is exhausted leave the batch: the next
+    pass runs on the others only. ``observe(t, rows, trust, accumulated)``,
+    if given, sees each pass (``rows``: the batch positions in the pass).
+    """
+    if depth < 1:
+        raise ValueError("recursive_erasing needs depth >= 1 (u = 0 means no erasing at all)")
+    if trust_mode not in TRUST_MODES:
+        raise ConfigError(f"trust_mode must be one of {TRUST_MODES}, not {trust_mode!r}")
+    n = images.shape[0]
+    size = tuple(images.shape[-2:])
+    accumulated = torch.zeros(n, 1, *size, device=images.device, dtype=torch.float32)
+    rows = torch.arange(n, device=images.device)
+    x, y = images, labels
+    loss0 = None
+    passes = 0
+    for t in range(depth):
+        scores, class_maps = localizer(x)
+        losses = F.cross_entropy(scores.float(), y, reduction="none")
+        backward(losses.sum() * (weight / n))
+        losses = losses.detach()
+        if loss0 is None:
+            loss0 = losses
+        trust, trusted = trust_coefficients(scores, y, losses, loss0[rows], t, sigma_e)
+        mask, _ = relevance_mask(scores, class_maps, size, omega, sigma, normalize)
+        current = torch.maximum(accumulated[rows], trust.view(-1, 1, 1, 1) * mask)
+        accumulated[rows] = current
+        passes += int(rows.numel())
+        if observe is not None:
+            observe(t, rows, trust, accumulated)
+        # paper: zero trust is final; reference code: only a wrong label is final
+        keep = trusted if trust_mode == "paper" else scores.detach().argmax(dim=1) == y
+        if t + 1 == depth or not bool(keep.any()):
+            break
+        erased = torch.where(trusted.view(-1, 1, 1, 1), x * (1 - current).to(x.dtype), x)
+        x, y, rows = erased[keep], y[keep], rows[keep]
+    return Erasure(accumulated, t + 1, passes, loss0)
+
+
+# -- the method -------------------------------------------------------------------
+class MinMaxEntropy(Method):
+    """Min-max entropy WSOL with recursive erasing and trust coefficients."""
+
+    summary = "min-max entropy with recursive erasing (Belharbi et al.); u=0: no erasing"
+    default_pooling = "wildcat"
+    defaults: ClassVar[dict[str, Any]] = {
+        "u": 4,  #: maximum localizer passes of the recursive erasing; 0: no erasing
+        "sigma_e": 10.0,  #: slope of the trust decay exp(-t / sigma_e)
+        "omega": 8.0,  #: sharpness of the pseudo-binarisation (Eq.11)
+        "sigma": 0.5,  #: threshold of the pseudo-binarisation (Eq.11)
+        "w_pos": 1.0,  #: weight of Eq.3, cross-entropy of g on X+
+        "w_neg": 1.0,  #: weight of Eq.6, uniform-target cross-entropy of g on X-
+        "w_loc": 1.0,  #: weight of Eq.8, cross-entropy of f on X (and on each erased image)
+        "erase_start_epoch": 0,  #: first epoch with erasing (the reference code uses 1)
+        "trust_mode": "paper",  #: "paper": zero trust is final; "reference": only a wrong label is
+        "classifier_scale": 0.5,  #: g sees the image resized by this factor (the reference code's 0.5)
+        "normalize": "image",  #: min-max of the training masks per "image" or per "batch" (reference code)
+    }
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {
+            "model": {"backbone": "resnet101", "pretrained": True},
+            "pooling": {"modalities": 5, "kmax": 0.09, "kmin": 0.09, "alpha": 0.0, "dropout": 0.85},
+            "train": {
+                "epochs": 400, "batch_size": 8, "lr": 1e-3, "momentum": 0.9, "nesterov": True,
+                "weight_decay": 1e-5, "schedule": "step", "lr_step": 40, "lr_gamma": 0.1, "lr_min": 1e-7,
+            },
+        },
+        "paper/glas": {"pooling": {"dropout": 0.75}},
+    }
+
+    def __init__(self, num_classes: int, model: ModelSpec | None = None, **params: Any):
+        super().__init__(num_classes, model, **params)
+        self._check_params()
+        self.epoch = 0
+        self.backbone = build_backbone(self.model_spec, out_indices=(-1,))
+        channels = feature_channels(self.backbone)[-1]
+
+        def head() -> ClassMapHead:
+            return ClassMapHead(
+                channels, num_classes, build_pooling(self.model_spec, num_classes, channels, self.default_pooling)
+            )
+
+        self.loc_head = head()  # the localizer f
+        self.cls_head = head()  # the classifier g
+
+    def _check_params(self) -> None:
+        p = self.params
+        problems = []
+        if not isinstance(p["u"], int) or p["u"] < 0:
+            problems.append(f"method.u must be an integer >= 0, not {p['u']!r}")
+        if p["sigma_e"] <= 0:
+            problems.append("method.sigma_e must be > 0")
+        if not 0 < p["classifier_scale"] <= 1:
+            problems.append("method.classifier_scale must be in (0, 1]")
+        if p["trust_mode"] not in TRUST_MODES:
+            problems.append(f"method.trust_mode must be one of {', '.join(TRUST_MODES)}, not {p['trust_mode']!r}")
+        if p["normalize"] not in NORMALIZATIONS:
+            problems.append(f"method.normalize must be one of {', '.join(NORMALIZATIONS)}, not {p['normalize']!r}")
+        if min(p["w_pos"], p["w_neg"], p["w_loc"]) < 0:
+            problems.append("the loss weights method.w_pos, w_neg, w_loc must be >= 0")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def label(cls, name: str, params: dict[str, Any]) -> str:
+        return f"{name} (u={params.get('u', cls.defaults['u'])})"
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # -- the two sub-networks ---------------------------------------------------------
+    def localizer(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``f``: ``(scores, class_maps)`` of the localizer's head."""
+        return self.loc_head(self.backbone(images)[-1])
+
+    def classify(self, images: Tensor) -> Tensor:
+        """``g``: class scores of the image resized by ``classifier_scale``."""
+        scale = self.params["classifier_scale"]
+        if scale != 1:
+            images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        return self.cls_head(self.backbone(images)[-1])[0]
+
+    def mask(self, scores: Tensor, class_maps: Tensor, size: tuple[int, int], normalize: str = "image") -> tuple[Tensor, Tensor]:
+        p = self.params
+        return relevance_mask(scores, class_maps, size, p["omega"], p["sigma"], normalize)
+
+    # -- training ---------------------------------------------------------------------
+    def erasing_depth(self) -> int:
+        """The maximum erasing depth in the current epoch (0 before ``erase_start_epoch``)."""
+        return self.params["u"] if self.epoch >= self.params["erase_start_epoch"] else 0
+
+    def training_step(self, batch: dict[str, Tensor], backward: Callable[[Tensor], None]) -> StepOutput:
+        p = self.params
+        images, labels = batch["image"], batch["label"]
+        n = images.shape[0]
+        depth = self.erasing_depth()
+        if depth == 0:
+            scores, class_maps = self.localizer(images)
+            loss_loc = F.cross_entropy(scores.float(), labels)
+            relevant, _ = self.mask(scores, class_maps, images.shape[-2:], p["normalize"])
+            logs: dict[str, Any] = {"erase_depth": 0.0, "erase_passes": 0.0}
+        else:
+            erasure = recursive_erasing(
+                self.localizer, images, labels, backward, depth=depth, sigma_e=p["sigma_e"], omega=p["omega"],
+                sigma=p["sigma"], trust_mode=p["trust_mode"], normalize=p["normalize"], weight=p["w_loc"],
+            )
+            relevant = erasure.accumulated
+            loss_loc = erasure.loss0.mean()
+            logs = {"erase_depth": float(erasure.depth), "erase_passes": erasure.passes / n}
+        relevant = relevant.to(images.dtype)
+        logits_pos = self.classify(images * relevant)
+        logits_neg = self.classify(images * (1 - relevant))
+        loss_pos = F.cross_entropy(logits_pos.float(), labels)
+        loss_neg = uniform_target_loss(logits_neg).mean()
+        classifier_loss = p["w_pos"] * loss_pos + p["w_neg"] * loss_neg
+        if depth == 0:
+            backward(classifier_loss + p["w_loc"] * loss_loc)
+        else:
+            backward(classifier_loss)  # Eq.8 was back-propagated during the erasing
+        total = (classifier_loss + p["w_loc"] * loss_loc).detach()
+        logs.update(
+            loss_pos=loss_pos.detach(), loss_neg=loss_neg.detach(), loss_loc=loss_loc.detach(),
+            mask_area=relevant.detach().float().mean(),
+        )
+        return StepOutput(total, logs, logits_pos.detach())
+
+    # -- inference: one pass, never any erasing ---------------------------------------
+    def _forward_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        scores, class_maps = self.localizer(images)
+        return self.mask(scores, class_maps, images.shape[-2:], "image")
+
+    def predict(self, images: Tensor) -> Tensor:
+        relevant, _ = self._forward_maps(images)
+        return self.classify(images * relevant.to(images.dtype))
+
+    def localize(self, images: Tensor, logits: Tensor | None = None) -> Tensor:
+        return self._forward_maps(images)[1].squeeze(1)
+
+    def infer(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        relevant, normalized = self._forward_maps(images)
+        return self.classify(images * relevant.to(images.dtype)), normalized.squeeze(1)

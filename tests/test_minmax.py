@@ -1,0 +1,397 @@
+"""Min-max entropy with recursive erasing: each equation on hand-made tensors, then the method."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY
+from wsolbench import config
+from wsolbench.errors import ConfigError, UnknownNameError
+from wsolbench.interfaces import ModelSpec
+from wsolbench.plugins import registry
+from wsolbench_plugins.methods.minmax import (
+    MinMaxEntropy,
+    positive_map,
+    recursive_erasing,
+    relevance_mask,
+    trust_coefficients,
+    uniform_target_loss,
+)
+
+
+def _pooling() -> str:
+    """The method's default pooling when it is registered, else global average pooling."""
+    return "wildcat" if "wildcat" in registry("pooling").names() else "avg"
+
+
+# -- Eq.6 --------------------------------------------------------------------------
+def test_uniform_target_loss_is_minimal_at_a_uniform_prediction():
+    k = 5
+    uniform = torch.full((3, k), 0.7, requires_grad=True)
+    loss = uniform_target_loss(uniform)
+    torch.testing.assert_close(loss, torch.full((3,), math.log(k)))
+    loss.sum().backward()
+    torch.testing.assert_close(uniform.grad, torch.zeros(3, k))  # a stationary point
+    torch.manual_seed(0)
+    logits = torch.randn(200, k) * 3
+    others = uniform_target_loss(logits)
+    assert (others > math.log(k) + 1e-6).all()  # every other prediction costs more
+    # the same number as a cross-entropy against the soft uniform target
+    torch.testing.assert_close(others, F.cross_entropy(logits, torch.full((200, k), 1 / k), reduction="none"))
+
+
+# -- Eq.10, Eq.11 --------------------------------------------------------------------
+def test_positive_map_weights_each_class_map_by_its_softmax():
+    torch.manual_seed(0)
+    scores, maps = torch.randn(2, 3), torch.randn(2, 3, 4, 5)
+    out = positive_map(scores, maps)
+    assert out.shape == (2, 1, 4, 5)
+    for i in range(2):
+        p = scores[i].softmax(0)
+        expected = sum(p[k] * maps[i, k] for k in range(3))
+        torch.testing.assert_close(out[i, 0], expected)
+
+
+def test_mask_is_in_unit_interval_detached_and_follows_eq11():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 2, requires_grad=True)
+    maps = torch.randn(3, 2, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        maps[2] = 1.5  # a constant map: must not give NaN
+    mask, normalized = relevance_mask(scores, maps, (16, 12), omega=8.0, sigma=0.5)
+    assert mask.shape == normalized.shape == (3, 1, 16, 12)
+    assert not mask.requires_grad and mask.grad_fn is None and not normalized.requires_grad
+    assert torch.isfinite(mask).all() and mask.min() >= 0 and mask.max() <= 1
+    for i in range(2):  # per image: each map spans [0, 1]
+        up = F.interpolate(positive_map(scores, maps)[i : i + 1].detach(), size=(16, 12), mode="bilinear")
+        expected = (up - up.min()) / (up.max() - up.min())
+        torch.testing.assert_close(normalized[i : i + 1], expected)
+        torch.testing.assert_close(mask[i : i + 1], torch.sigmoid(8.0 * (expected - 0.5)))
+    assert torch.equal(normalized[2], torch.zeros(1, 16, 12))
+    # per batch (the reference code): one range for the batch, not per image
+    _, batch_norm = relevance_mask(scores[:2], maps[:2], (16, 12), normalize="batch")
+    assert batch_norm.min() == 0 and batch_norm.max() == 1
+    per_image_ranges = batch_norm.flatten(1).amax(1) - batch_norm.flatten(1).amin(1)
+    assert (per_image_ranges < 1 - 1e-6).any()
+
+
+# -- Eq.12-14 ------------------------------------------------------------------------
+def test_trust_coefficients_follow_eq13_and_eq14():
+    logits = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0], [2.0, 0.0]])
+    labels = torch.zeros(4, dtype=torch.long)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    loss0 = torch.stack([loss[0], loss[1], loss[2] - 0.1, loss[3]])  # sample 2: the loss went up
+    trust, trusted = trust_coefficients(logits, labels, loss, loss0, step=3, sigma_e=10.0)
+    assert trusted.tolist() == [True, False, False, True]
+    p = logits.softmax(1)[:, 0]
+    expected = torch.tensor([p[0], 0.0, 0.0, p[3]]) * math.exp(-0.3)
+    torch.testing.assert_close(trust, expected)
+
+
+# -- Algorithm 1 on a hand-made localizer -----------------------------------------------
+RIGHT, RIGHT_HIGHER_LOSS, RIGHT_LOWER_LOSS, WRONG = [2.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 2.0]
+
+
+class ScriptedLocalizer:
+    """Scores scripted per (sample, pass); sample ``i``'s image carries ``i`` as channel 1 / channel 0.
+
+    Erasing multiplies both channels by the same factor, so the sample stays
+    identifiable whatever was erased. Records the samples and images of each call.
+    """
+
+    def __init__(self, script: dict[int, list[list[float]]], size: int = 4):
+        self.script = script
+        self.seen: Counter[int] = Counter()
+        self.calls: list[list[int]] = []
+        self.images: list[dict[int, torch.Tensor]] = []
+        gen = torch.Generator().manual_seed(0)
+        self.maps = torch.randn(len(script), 2, size, size, generator=gen)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = (x[:, 1, 0, 0] / x[:, 0, 0, 0]).round().long().tolist()
+        self.calls.append(ids)
+        self.images.append({i: x[j].clone() for j, i in enumerate(ids)})
+        scores = torch.tensor([self.script[i][self.seen[i]] for i in ids])
+        self.seen.update(ids)
+        return scores, self.maps[ids]
+
+    @staticmethod
+    def batch(n: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.ones(n, 2, size, size)
+        images[:, 1] = torch.arange(n, dtype=torch.float).view(n, 1, 1)
+        return images, torch.zeros(n, dtype=torch.long)
+
+
+def _erase(script, depth=4, trust_mode="paper"):
+    loc = ScriptedLocalizer(script)
+    images, labels = ScriptedLocalizer.batch(len(script))
+    steps, losses = [], []
+
+    def observe(t, rows, trust, accumulated):
+        steps.append((t, rows.tolist(), trust.clone(), accumulated.clone()))
+
+    out = recursive_erasing(loc, images, labels, losses.append, depth=depth, trust_mode=trust_mode, observe=observe)
+    return loc, out, steps, losses
+
+
+SCRIPT = {
+    0: [WRONG],  # wrong on the unerased image: no trust at all
+    1: [RIGHT, RIGHT_HIGHER_LOSS, RIGHT, RIGHT],  # the loss check fails at pass 1
+    2: [RIGHT, RIGHT, RIGHT_LOWER_LOSS, RIGHT_LOWER_LOSS],  # keeps trust to the end
+    3: [RIGHT, RIGHT_LOWER_LOSS, WRONG],  # wrong at pass 2
+}
+
+
+def test_zero_trust_after_a_wrong_prediction_is_permanent_and_the_batch_is_compacted():
+    loc, out, steps, losses = _erase(SCRIPT)
+    assert loc.calls == [[0, 1, 2, 3], [1, 2, 3], [2, 3], [2]]  # each pass runs only the samples still erasing
+    assert out.depth == 4 and out.passes == 10
+    assert steps[0][2][0] == 0  # sample 0: wrong prediction, zero trust ...
+    assert torch.equal(out.accumulated[0], torch.zeros_like(out.accumulated[0]))  # ... and nothing accumulated
+    t1_trust = dict(zip(steps[1][1], steps[1][2].tolist()))
+    assert t1_trust[1] == 0 and t1_trust[2] > 0 and t1_trust[3] > 0
+    t2_trust = dict(zip(steps[2][1], steps[2][2].tolist()))
+    assert t2_trust[3] == 0
+    p = torch.tensor(RIGHT_LOWER_LOSS).softmax(0)[0]
+    assert steps[3][2][0].item() == pytest.approx(math.exp(-3 / 10) * p.item())
+    # Eq.8 is back-propagated once per pass, over the samples of that pass, divided by the batch size
+    assert len(losses) == 4
+    ce = lambda row: F.cross_entropy(torch.tensor([row]), torch.tensor([0])).item()  # noqa: E731
+    assert losses[1].item() == pytest.approx((ce(RIGHT_HIGHER_LOSS) + ce(RIGHT) + ce(RIGHT_LOWER_LOSS)) / 4)
+
+
+def test_reference_trust_mode_only_makes_a_wrong_label_permanent():
+    loc, out, steps, _ = _erase(SCRIPT, trust_mode="reference")
+    assert loc.calls == [[0, 1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2]]  # sample 3 leaves when wrong
+    # sample 1 failed the loss check at pass 1: its trust there is 0 and its image is not erased again
+    assert dict(zip(steps[1][1], steps[1][2].tolist()))[1] == 0
+    torch.testing.assert_close(loc.images[2][1], loc.images[1][1])
+    assert not torch.allclose(loc.images[2][2], loc.images[1][2])
+
+
+def test_accumulator_only_grows_and_erasing_uses_it():
+    loc, out, steps, _ = _erase(SCRIPT)
+    for (_, _, _, before), (_, _, _, after) in zip(steps, steps[1:]):
+        assert (after >= before).all()
+    assert (steps[-1][3] > steps[0][3]).any()
+    # the image of pass t+1 is the image of pass t times (1 - R*) after pass t
+    for t in range(3):
+        for i in loc.calls[t + 1]:
+            expected = loc.images[t][i] * (1 - steps[t][3][i])
+            torch.testing.assert_close(loc.images[t + 1][i], expected)
+    # R* = max over passes of Omega(t) * R+(t)
+    for i in range(4):
+        terms = []
+        for t, rows, trust, _ in steps:
+            if i in rows:
+                j = rows.index(i)
+                scores = torch.tensor([SCRIPT[i][t]])
+                mask, _ = relevance_mask(scores, loc.maps[i : i + 1], (8, 8))
+                terms.append(trust[j] * mask[0])
+        torch.testing.assert_close(out.accumulated[i], torch.stack(terms).amax(0))
+
+
+@pytest.mark.parametrize(
+    "script, depth, calls",
+    [
+        ({0: [RIGHT] * 5, 1: [RIGHT] * 5}, 4, 4),  # always trusted: stops at u
+        ({0: [RIGHT] * 5, 1: [RIGHT] * 5}, 1, 1),
+        ({0: [WRONG], 1: [WRONG]}, 4, 1),  # no trust from the start
+        ({0: [RIGHT, WRONG], 1: [RIGHT, RIGHT_HIGHER_LOSS]}, 4, 2),  # trust runs out at pass 1
+    ],
+)
+def test_erasing_stops_at_u_or_when_no_sample_keeps_trust(script, depth, calls):
+    loc, out, _, losses = _erase(script, depth=depth)
+    assert len(loc.calls) == out.depth == len(losses) == calls
+
+
+# -- the method on a real backbone -----------------------------------------------------
+#: timm's smallest ResNet (a test model, 0.4 M parameters): the method's structure at a fraction of the cost
+BACKBONE = "test_resnet"
+
+
+def _method(u: int = 4, **params) -> MinMaxEntropy:
+    torch.manual_seed(0)
+    spec = ModelSpec(BACKBONE, pooling=_pooling(), backbone_params={"output_stride": 8})
+    return registry("method").create("minmax", num_classes=2, model=spec, u=u, **params)
+
+
+class CallCounter:
+    def __init__(self, *modules):
+        self.counts = Counter()
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules]
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self.counts[name] += 1
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_u0_is_a_single_pass_inference_never_erases_and_erasing_waits_for_its_epoch():
+    method = _method(u=0)
+    counter = CallCounter(("f", method.loc_head), ("g", method.cls_head), ("backbone", method.backbone))
+    images = torch.randn(4, 3, 32, 32)
+    batch = {"image": images, "label": torch.tensor([0, 1, 0, 1])}
+    out = method.training_step(batch, lambda loss: loss.backward())
+    assert counter.counts == {"f": 1, "g": 2, "backbone": 3} and out.logs["erase_depth"] == 0
+    method.eval()
+    method.params["u"] = 4  # erasing settings never reach inference: one pass of f, one of g on X+
+    expected = {
+        method.predict: {"f": 1, "g": 1, "backbone": 2},
+        method.localize: {"f": 1, "backbone": 1},
+        method.infer: {"f": 1, "g": 1, "backbone": 2},
+    }
+    with torch.no_grad():
+        for call, counts in expected.items():
+            counter.counts.clear()
+            result = call(images)
+            assert counter.counts == counts
+        logits, maps = result
+    assert logits.shape == (4, 2) and maps.shape == (4, 32, 32)
+    assert maps.min() >= 0 and maps.max() <= 1 and torch.isfinite(maps).all()
+    torch.testing.assert_close(maps, method.localize(images))
+    counter.remove()
+    # erase_start_epoch: no erasing before it, erasing from it
+    method = _method(u=4, erase_start_epoch=1)
+    method.on_epoch_start(0)
+    assert method.training_step(batch, lambda loss: loss.backward()).logs["erase_depth"] == 0
+    method.on_epoch_start(1)
+    assert method.training_step(batch, lambda loss: loss.backward()).logs["erase_depth"] >= 1
+
+
+def _direct_gradients(method: MinMaxEntropy, images, labels, u: int, trust_mode: str) -> dict[str, torch.Tensor]:
+    """The same loss written out directly: full-batch passes, every graph kept, one backward."""
+    p = method.params
+    n, size = images.shape[0], images.shape[-2:]
+    method.zero_grad()
+    acc = torch.zeros(n, 1, *size)
+    x = images.clone()
+    alive = [True] * n
+    loss0 = None
+    total = 0.0
+
+    def mask_of(scores_i, maps_i, trust=1.0):
+        prob = scores_i.detach().softmax(0)
+        m = (prob.view(-1, 1, 1) * maps_i.detach()).sum(0, keepdim=True)
+        m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+        m = (m - m.min()) / (m.max() - m.min())
+        return trust * torch.sigmoid(p["omega"] * (m - p["sigma"]))
+
+    if u == 0:
+        scores, maps = method.localizer(x)
+        total = F.cross_entropy(scores, labels)
+        acc = torch.stack([mask_of(scores[i], maps[i]) for i in range(n)])
+    for t in range(u):
+        if not any(alive):
+            break
+        scores, maps = method.localizer(x)
+        losses = F.cross_entropy(scores, labels, reduction="none")
+        total = total + sum(losses[i] for i in range(n) if alive[i]) / n
+        losses = losses.detach()
+        loss0 = losses if loss0 is None else loss0
+        x = x.clone()
+        for i in range(n):
+            if not alive[i]:
+                continue
+            prob = scores[i].detach().softmax(0)
+            correct = bool(prob.argmax() == labels[i])
+            trusted = correct and bool(losses[i] <= loss0[i])
+            trust = math.exp(-t / p["sigma_e"]) * prob[labels[i]] if trusted else 0.0
+            acc[i] = torch.maximum(acc[i], mask_of(scores[i], maps[i], trust))
+            if trusted:
+                x[i] = x[i] * (1 - acc[i])
+            alive[i] = trusted if trust_mode == "paper" else correct
+    half = lambda z: F.interpolate(z, scale_factor=0.5, mode="bilinear", align_corners=False)  # noqa: E731
+    pos = method.cls_head(method.backbone(half(images * acc))[-1])[0]
+    neg = method.cls_head(method.backbone(half(images * (1 - acc)))[-1])[0]
+    total = total + F.cross_entropy(pos, labels) - neg.log_softmax(1).mean()
+    total.backward()
+    return {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}
+
+
+@pytest.mark.parametrize("u, trust_mode", [(0, "paper"), (3, "paper"), (3, "reference")])
+def test_gradient_accumulation_equals_the_direct_loss(u, trust_mode):
+    method = _method(u=u, trust_mode=trust_mode)
+    method.eval()  # batch-independent outputs, so compacted and full-batch passes agree
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        pred = method.localizer(images)[0].argmax(1)
+    labels = pred.clone()
+    labels[3] = 1 - labels[3]  # one sample wrong from the start
+    method.zero_grad()
+    out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+    accumulated = {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}
+    direct = _direct_gradients(method, images, labels, u, trust_mode)
+    assert accumulated.keys() == direct.keys()
+    assert any(k.startswith("loc_head") for k in direct) and any(k.startswith("cls_head") for k in direct)
+    for k in direct:
+        torch.testing.assert_close(accumulated[k], direct[k], rtol=1e-4, atol=1e-6, msg=k)
+    if u:
+        assert 1 < out.logs["erase_passes"] < u  # erasing happened, and not for every sample
+        assert out.logs["erase_depth"] >= 2
+
+
+def test_same_seed_same_training_step():
+    def step():
+        method = _method(u=4, trust_mode="reference")
+        torch.manual_seed(5)
+        images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+        out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+        return out, [p.grad.clone() for p in method.parameters() if p.grad is not None]
+
+    (a, grads_a), (b, grads_b) = step(), step()
+    assert a.loss.item() == b.loss.item() and a.logs["erase_passes"] == b.logs["erase_passes"]
+    assert all(torch.equal(x, y) for x, y in zip(grads_a, grads_b))
+
+
+# -- configuration -------------------------------------------------------------------
+def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
+    assert MinMaxEntropy.label("minmax", {"u": 4}) == "minmax (u=4)"
+    assert MinMaxEntropy.label("minmax", {"u": 0}) == "minmax (u=0)"
+    for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0}):
+        with pytest.raises(ConfigError):
+            MinMaxEntropy(num_classes=2, model=ModelSpec("resnet18", pooling="avg"), **bad)
+
+
+def test_paper_profile_and_pooling_settings_that_fit_the_chosen_pooling():
+    assert config.RunConfig().method == "minmax"
+    cfg = config.resolve("minmax", "synthetic", "paper", sets=["model.pooling=avg"])
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet101", True)
+    t = cfg.train
+    assert (t.epochs, t.batch_size, t.lr, t.lr_step, t.lr_gamma, t.weight_decay) == (400, 8, 1e-3, 40, 0.1, 1e-5)
+    assert t.nesterov and t.momentum == 0.9
+    assert cfg.pooling_params == {}  # the profile's Wildcat settings do not apply to average pooling
+    with pytest.raises(UnknownNameError):  # ... but a user's setting must fit the pooling
+        config.resolve("minmax", "synthetic", "paper", sets=["model.pooling=avg", "pooling.kmax=0.1"])
+    assert MinMaxEntropy.profiles["paper/glas"]["pooling"]["dropout"] == 0.75
+    if _pooling() == "wildcat":
+        cfg = config.resolve("minmax", "synthetic", "paper")
+        paper = MinMaxEntropy.profiles["paper"]["pooling"]
+        assert {k: cfg.pooling_params[k] for k in paper} == paper
+
+
+def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
+    from wsolbench import engine
+
+    sets = [f"model.pooling={_pooling()}", f"model.backbone={BACKBONE}", "train.epochs=1"]
+    sets += [item for item in TINY[:-2] if item != "--set"]
+    cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=mm"])
+    results = engine.run(cfg, quiet=True).results
+    assert results["method"] == "minmax" and results["method_label"] == "minmax (u=4)"
+    assert 0 <= results["f1_pos"] <= 100 and 0 <= results["pxap"] <= 100 and results["n_images"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "mm" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_erase_depth", "train_erase_passes", "train_loss_pos", "train_loss_neg", "train_loss_loc"):
+        assert key in rows[0]
+    assert 1 <= rows[0]["train_erase_depth"] <= 4
