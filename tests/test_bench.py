@@ -235,3 +235,16 @@ output_dir = "{out}"
     assert "Unknown method 'nope'" in proc.stderr
     first = json.loads((suite.cells[0].run_dir / "results.json").read_text())
     assert "cam-avg" in proc.stdout and f"{first['f1_pos']:.2f}" in proc.stdout  # the report table
+
+
+@pytest.mark.parametrize("suite_file", sorted((Path(__file__).parents[1] / "benchmarks").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_suite_resolves_cell_by_cell(suite_file):
+    """Each cell of the suites in benchmarks/ is a valid run configuration (names, keys, values)."""
+    from wsolbench import config
+
+    suite = bench.load_suite(suite_file)
+    assert suite.cells
+    for cell in suite.cells:
+        cfg = config.resolve(cell.method, cell.dataset, cell.profile, sets=list(cell.sets))
+        assert cfg.method == cell.method and cfg.dataset == cell.dataset
