@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -242,8 +243,6 @@ output_dir = "{out}"
 def test_every_shipped_suite_resolves_cell_by_cell(suite_file):
     """Each cell of the suites in benchmarks/ is a valid run configuration (names, keys, values)."""
     from wsolbench import config
-
-    import importlib.util
 
     # without the crf extra, eval.crf=true is refused at resolve time; every other key is still checked
     no_crf = ["eval.crf=false"] if importlib.util.find_spec("pydensecrf") is None else []
