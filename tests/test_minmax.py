@@ -238,13 +238,14 @@ class CallCounter:
             h.remove()
 
 
-def test_u0_is_a_single_pass_inference_never_erases_and_erasing_waits_for_its_epoch():
-    method = _method(u=0)
+@pytest.mark.parametrize("classifier_batch, g_calls", [("joint", 1), ("separate", 2)])
+def test_u0_is_a_single_pass_inference_never_erases_and_erasing_waits_for_its_epoch(classifier_batch, g_calls):
+    method = _method(u=0, classifier_batch=classifier_batch)
     counter = CallCounter(("f", method.loc_head), ("g", method.cls_head), ("backbone", method.backbone))
     images = torch.randn(4, 3, 32, 32)
     batch = {"image": images, "label": torch.tensor([0, 1, 0, 1])}
     out = method.training_step(batch, lambda loss: loss.backward())
-    assert counter.counts == {"f": 1, "g": 2, "backbone": 3} and out.logs["erase_depth"] == 0
+    assert counter.counts == {"f": 1, "g": g_calls, "backbone": 1 + g_calls} and out.logs["erase_depth"] == 0
     method.eval()
     method.params["u"] = 4  # erasing settings never reach inference: one pass of f, one of g on X+
     expected = {
@@ -343,6 +344,26 @@ def test_gradient_accumulation_equals_the_direct_loss(u, trust_mode):
         assert out.logs["erase_depth"] >= 2
 
 
+def test_joint_classifier_batch_is_two_calls_in_one_with_shared_batch_statistics():
+    torch.manual_seed(2)
+    positive, negative = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32) * 3 + 1
+    joint, separate = _method(u=0, classifier_batch="joint"), _method(u=0, classifier_batch="separate")
+    separate.load_state_dict(joint.state_dict())
+    for m in (joint, separate):
+        m.eval()
+    with torch.no_grad():  # running statistics: the batching changes nothing
+        for a, b in zip(joint.classify_pair(positive, negative), separate.classify_pair(positive, negative)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        joint.train()
+        separate.train()
+        pos, neg = joint.classify_pair(positive, negative)
+        both = separate.classify(torch.cat([positive, negative]))
+        torch.testing.assert_close(torch.cat([pos, neg]), both)  # one call on X+ and X- together ...
+        pos_alone, neg_alone = separate.classify_pair(positive, negative)
+        torch.testing.assert_close(pos_alone, separate.classify(positive))  # ... or one call each,
+    assert not torch.allclose(pos, pos_alone, atol=1e-3)  # each with its own batch statistics
+
+
 def test_same_seed_same_training_step():
     def step():
         method = _method(u=4, trust_mode="reference")
@@ -360,7 +381,8 @@ def test_same_seed_same_training_step():
 def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
     assert MinMaxEntropy.label("minmax", {"u": 4}) == "minmax (u=4)"
     assert MinMaxEntropy.label("minmax", {"u": 0}) == "minmax (u=0)"
-    for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0}):
+    for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0},
+                {"classifier_batch": "both"}):
         with pytest.raises(ConfigError):
             MinMaxEntropy(num_classes=2, model=ModelSpec("resnet18", pooling="avg"), **bad)
 

@@ -52,6 +52,7 @@ from wsolbench.models import ClassMapHead, build_backbone, build_pooling, featur
 
 TRUST_MODES = ("paper", "reference")
 NORMALIZATIONS = ("image", "batch")
+CLASSIFIER_BATCHES = ("joint", "separate")
 
 #: ``images -> (scores (N, K), class_maps (N, K, h, w))``
 Localizer = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -198,6 +199,7 @@ class MinMaxEntropy(Method):
         "trust_mode": "paper",  #: "paper": zero trust is final; "reference": only a wrong label is
         "classifier_scale": 0.5,  #: g sees the image resized by this factor (the reference code's 0.5)
         "normalize": "image",  #: min-max of the training masks per "image" or per "batch" (reference code)
+        "classifier_batch": "joint",  #: "joint": X+ and X- through g in one call; "separate": one call each
     }
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {
@@ -239,6 +241,10 @@ class MinMaxEntropy(Method):
             problems.append(f"method.trust_mode must be one of {', '.join(TRUST_MODES)}, not {p['trust_mode']!r}")
         if p["normalize"] not in NORMALIZATIONS:
             problems.append(f"method.normalize must be one of {', '.join(NORMALIZATIONS)}, not {p['normalize']!r}")
+        if p["classifier_batch"] not in CLASSIFIER_BATCHES:
+            problems.append(
+                f"method.classifier_batch must be one of {', '.join(CLASSIFIER_BATCHES)}, not {p['classifier_batch']!r}"
+            )
         if min(p["w_pos"], p["w_neg"], p["w_loc"]) < 0:
             problems.append("the loss weights method.w_pos, w_neg, w_loc must be >= 0")
         if problems:
@@ -262,6 +268,18 @@ class MinMaxEntropy(Method):
         if scale != 1:
             images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
         return self.cls_head(self.backbone(images)[-1])[0]
+
+    def classify_pair(self, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+        """``g`` on ``X+`` and on ``X-``: one call on both (``classifier_batch = "joint"``) or one call each.
+
+        One call is cheaper (larger convolutions, one pass through the
+        network's layers); its batch-norm statistics in training are those of
+        ``X+`` and ``X-`` together, where two calls normalise each by its own.
+        """
+        if self.params["classifier_batch"] == "separate":
+            return self.classify(positive), self.classify(negative)
+        logits = self.classify(torch.cat([positive, negative]))
+        return logits[: positive.shape[0]], logits[positive.shape[0]:]
 
     def mask(self, scores: Tensor, class_maps: Tensor, size: tuple[int, int], normalize: str = "image") -> tuple[Tensor, Tensor]:
         p = self.params
@@ -291,8 +309,7 @@ class MinMaxEntropy(Method):
             loss_loc = erasure.loss0.mean()
             logs = {"erase_depth": float(erasure.depth), "erase_passes": erasure.passes / n}
         relevant = relevant.to(images.dtype)
-        logits_pos = self.classify(images * relevant)
-        logits_neg = self.classify(images * (1 - relevant))
+        logits_pos, logits_neg = self.classify_pair(images * relevant, images * (1 - relevant))
         loss_pos = F.cross_entropy(logits_pos.float(), labels)
         loss_neg = uniform_target_loss(logits_neg).mean()
         classifier_loss = p["w_pos"] * loss_pos + p["w_neg"] * loss_neg
