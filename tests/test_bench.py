@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from wsolbench import bench
 from wsolbench.runs import RunDir
 from wsolbench import report as rep
 from wsolbench.cli import main
-from wsolbench.errors import UnknownNameError
+from wsolbench.errors import UnknownNameError, UserError
 
 #: TINY's settings as suite lines, without training (the grid checks bookkeeping, not learning)
 TINY_SETS = [TINY[i + 1] for i in range(0, len(TINY), 2) if TINY[i] == "--set"] + ["train.epochs=0"]
@@ -216,6 +219,74 @@ def test_each_run_has_its_pictures(grid):
         assert (cell.run_dir / "pr_curve.png").stat().st_size > 1000
 
 
+def test_an_interrupted_cell_resumes_when_its_settings_are_unchanged(tmp_path):
+    sets = tuple(TINY_SETS[:-1]) + ("train.epochs=2", "eval.pictures=0")
+    cell = bench.Cell("cam-avg", "cam-avg", "synthetic", 0, "quick", tmp_path / "synthetic" / "cam-avg" / "seed-0",
+                      sets=sets)
+    assert bench.run_cell(cell, in_process).status == "completed"
+    expected = json.loads((cell.run_dir / "results.json").read_text())
+    # as a kill after epoch 1 of 2 leaves it: no results, status "running", epoch 1's checkpoint
+    manifest = json.loads((cell.run_dir / "manifest.json").read_text())
+    (cell.run_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (cell.run_dir / "results.json").unlink()
+    assert bench.state(cell) == "incomplete" and bench.can_resume(cell)
+    commands = []
+
+    def recording(c: bench.Cell, log: Path) -> int:
+        commands.append(c.command("py"))
+        return in_process(c, log)
+
+    outcome = bench.run_cell(cell, recording)
+    assert outcome.status == "completed" and "resumed" in outcome.message
+    assert commands == [["py", "-m", "wsolbench", "run", "--quiet", "--resume", str(cell.run_dir)]]
+    assert not list(cell.run_dir.parent.glob("*.attempt-*"))  # continued in place, nothing set aside
+    again = json.loads((cell.run_dir / "results.json").read_text())
+    assert {k: again[k] for k in ("f1_pos", "pxap", "cl_error")} == {k: expected[k] for k in ("f1_pos", "pxap",
+                                                                                              "cl_error")}
+    # the suite changed since: the old run is set aside and the cell starts afresh
+    (cell.run_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "failed"}))
+    edited = dataclasses.replace(cell, sets=(*sets, "eval.threshold=0.4"))
+    assert not bench.can_resume(edited)
+    commands.clear()
+    assert bench.run_cell(edited, recording).status == "completed"
+    assert "--resume" not in commands[0] and (cell.run_dir.parent / "seed-0.attempt-1").is_dir()
+
+
+def test_cells_run_several_at_a_time_in_order_with_their_threads(tmp_path, monkeypatch):
+    cells = [bench.Cell(f"c{i}", "cam-avg", "synthetic", 0, "quick", tmp_path / f"c{i}" / "seed-0") for i in range(5)]
+    running, most, lock = [0], [0], threading.Lock()
+
+    def slow(c: bench.Cell, log: Path) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return 3
+
+    events = []
+    outcomes = bench.run_suite(cells, slow, on_start=lambda i, n, c: events.append(("start", c.name)),
+                               on_done=lambda o: events.append(("done", o.cell.name)), jobs=2)
+    assert most[0] == 2  # two at a time, never more
+    assert [o.cell.name for o in outcomes] == [c.name for c in cells]  # the cells' order, whatever the finish order
+    assert all(o.status == "failed" and o.returncode == 3 for o in outcomes)
+    assert sorted(events) == sorted([("start", c.name) for c in cells] + [("done", c.name) for c in cells])
+    with pytest.raises(UserError):
+        bench.run_suite(cells, slow, jobs=0)
+    seen = {}
+
+    def fake_run(argv, **kwargs):
+        seen.update(kwargs.get("env") or {})
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    bench.launch_local(cells[0], tmp_path / "log", threads=1)
+    assert seen["OMP_NUM_THREADS"] == "1"
+    assert bench.threads_per_job(1) >= bench.threads_per_job(2) >= 1 and bench.threads_per_job(10_000) == 1
+
+
 def test_bench_command_continues_past_failures_and_reports(grid, tmp_path):
     root, suite, _ = grid
     out = tmp_path / "out"
@@ -236,6 +307,11 @@ output_dir = "{out}"
     assert "Unknown method 'nope'" in proc.stderr
     first = json.loads((suite.cells[0].run_dir / "results.json").read_text())
     assert "cam-avg" in proc.stdout and f"{first['f1_pos']:.2f}" in proc.stdout  # the report table
+    proc = run_cli("bench", str(suite_file), "--jobs", "2")
+    assert proc.returncode == 1 and "2 cells at a time" in proc.stderr
+    assert "synthetic/nope/seed-0 (nope) failed" in proc.stderr and "1 already complete, 1 failed" in proc.stderr
+    proc = run_cli("bench", str(suite_file), "--jobs", "2", "--launcher", "slurm")
+    assert proc.returncode == 2 and "--jobs is for the local launcher" in proc.stderr
 
 
 @pytest.mark.parametrize("suite_file", sorted((Path(__file__).parents[1] / "benchmarks").glob("*.toml")),

@@ -31,22 +31,29 @@ Each cell runs in a fresh interpreter (``python -m wsolbench run ...``: a crash
 or a memory leak stays in its cell) and goes to
 ``<output_dir>/<dataset>/<name>/seed-<seed>``, where ``<name>`` is the entry's
 label, or the method's name followed by its settings. A cell whose directory
-holds a completed run is skipped; an incomplete one is renamed
-``seed-<seed>.attempt-<k>`` and run again. A failed cell (unknown method,
-missing data, a crash) is recorded and the grid goes on. :func:`launch_local`
-is the one place that starts a run; :mod:`wsolbench.slurm` submits the same
-command lines as cluster jobs instead (``bench --launcher slurm``).
+holds a completed run is skipped. An incomplete one (killed, interrupted,
+failed) continues from its last finished epoch (``wsolbench run --resume``)
+when it has one and its settings are still the cell's; otherwise it is renamed
+``seed-<seed>.attempt-<k>`` and run again from the start. A failed cell
+(unknown method, missing data, a crash) is recorded and the grid goes on.
+``run_suite(..., jobs=N)`` runs N cells at a time. :func:`launch_local` is the
+one place that starts a run; :mod:`wsolbench.slurm` submits the same command
+lines as cluster jobs instead (``bench --launcher slurm``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,13 +80,16 @@ class Cell:
     data_root: str | None = None
     sets: tuple[str, ...] = ()
     label: str | None = None
+    resume: bool = False  #: continue the incomplete run in ``run_dir`` instead of starting one
 
     @property
     def key(self) -> str:
         return f"{self.dataset}/{self.name}/seed-{self.seed}"
 
     def command(self, python: str = sys.executable) -> list[str]:
-        """The ``wsolbench run`` command line of this cell."""
+        """The ``wsolbench run`` command line of this cell (``run --resume RUN_DIR`` when ``resume``)."""
+        if self.resume:
+            return [python, "-m", "wsolbench", "run", "--quiet", "--resume", str(self.run_dir)]
         argv = [
             python, "-m", "wsolbench", "run", "--quiet",
             "--method", self.method, "--dataset", self.dataset, "--profile", self.profile,
@@ -92,6 +102,15 @@ class Cell:
         if self.label:
             argv += ["--set", f"label={json.dumps(self.label)}"]
         return argv
+
+    def config(self) -> Any:
+        """The :class:`~wsolbench.config.RunConfig` that the cell's command line resolves to."""
+        from wsolbench import config
+
+        options = {"data_root": self.data_root, "seed": self.seed, "output_dir": str(self.run_dir.parent),
+                   "run_name": self.run_dir.name}
+        sets = [*self.sets] + ([f"label={json.dumps(self.label)}"] if self.label else [])
+        return config.resolve(self.method, self.dataset, self.profile, options=options, sets=sets)
 
     def matches(self, patterns: Sequence[str]) -> bool:
         names = [self.key, self.dataset, self.name, self.method, f"{self.dataset}/{self.name}"]
@@ -243,11 +262,38 @@ def state(cell: Cell) -> str:
     return "new"
 
 
-def launch_local(cell: Cell, log: Path) -> int:
-    """Run one cell in a fresh interpreter, its output in ``log``; returns the exit status."""
+def can_resume(cell: Cell) -> bool:
+    """Whether the incomplete run in ``cell.run_dir`` can continue as this cell.
+
+    It must hold a checkpoint of a finished epoch, a resumable status, and the
+    settings the cell resolves to now (a suite edited since starts afresh).
+    """
+    from wsolbench.resume import RESUMABLE
+
+    try:
+        if runs.read_json(cell.run_dir / runs.MANIFEST).get("status") not in RESUMABLE:
+            return False
+        if not (cell.run_dir / "last.pt").is_file():
+            return False
+        saved = runs.read_json(cell.run_dir / "config.json")
+        return json.loads(json.dumps(cell.config().to_dict())) == saved
+    except (OSError, ValueError, AttributeError, UserError):
+        return False
+
+
+def launch_local(cell: Cell, log: Path, threads: int | None = None) -> int:
+    """Run one cell in a fresh interpreter, its output in ``log``; returns the exit status.
+
+    ``threads``: the run's CPU threads (``OMP_NUM_THREADS``), unless the
+    environment sets them already.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w", encoding="utf-8") as stream:
-        return subprocess.run(cell.command(), stdout=stream, stderr=subprocess.STDOUT, check=False).returncode
+    env = None
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with open(log, "a" if cell.resume else "w", encoding="utf-8") as stream:
+        return subprocess.run(cell.command(), stdout=stream, stderr=subprocess.STDOUT, check=False,
+                              env=env).returncode
 
 
 @dataclass
@@ -272,25 +318,31 @@ def _last_error(log: Path) -> str:
 
 def run_cell(cell: Cell, launch: Callable[[Cell, Path], int] = launch_local) -> Outcome:
     """Run one cell unless it is complete or running elsewhere."""
-    early = prepare_cell(cell)
-    if early is not None:
-        return early
-    log = log_path(cell)
+    todo = prepare_cell(cell)
+    if isinstance(todo, Outcome):
+        return todo
+    log = log_path(todo)
     start = time.perf_counter()
-    code = launch(cell, log)
-    return finish_cell(cell, code, time.perf_counter() - start, log)
+    code = launch(todo, log)
+    return finish_cell(todo, code, time.perf_counter() - start, log)
 
 
-def prepare_cell(cell: Cell) -> Outcome | None:
-    """The outcome of a cell that must not run (complete, or being written); else set an incomplete one aside."""
+def prepare_cell(cell: Cell) -> Outcome | Cell:
+    """What to do with a cell: its outcome if it must not run (complete, or being written), else the cell to launch.
+
+    An incomplete run that :func:`can_resume` is launched with ``resume``; any
+    other incomplete run is set aside first.
+    """
     now = state(cell)
     if now == "complete":
         return Outcome(cell, "skipped", message="already complete")
     if now == "running":
         return Outcome(cell, "busy", message=f"being written by {runs.lock_holder(cell.run_dir)}")
     if now == "incomplete":
+        if can_resume(cell):
+            return dataclasses.replace(cell, resume=True)
         _set_aside(cell.run_dir)
-    return None
+    return dataclasses.replace(cell, resume=False)
 
 
 def log_path(cell: Cell) -> Path:
@@ -300,10 +352,11 @@ def log_path(cell: Cell) -> Path:
 
 def finish_cell(cell: Cell, code: int | None, seconds: float, log: Path, message: str = "") -> Outcome:
     """The outcome of a cell whose run ended with exit status ``code`` (``None``: it never ran to an end)."""
+    resumed = "resumed from its last finished epoch" if cell.resume else ""
     if code == 0 and runs.is_complete(cell.run_dir):
-        return Outcome(cell, "completed", seconds, code, log=log)
+        return Outcome(cell, "completed", seconds, code, resumed, log=log)
     message = message or _last_error(log) or (f"exit status {code}" if code else "the run ended without completing")
-    return Outcome(cell, "failed", seconds, code, message, log)
+    return Outcome(cell, "failed", seconds, code, f"{resumed}: {message}" if resumed else message, log)
 
 
 def run_suite(
@@ -311,18 +364,38 @@ def run_suite(
     launch: Callable[[Cell, Path], int] = launch_local,
     on_start: Callable[[int, int, Cell], None] | None = None,
     on_done: Callable[[Outcome], None] | None = None,
+    jobs: int = 1,
 ) -> list[Outcome]:
-    """Run every cell in turn, past failures; returns one outcome per cell."""
+    """Run every cell, ``jobs`` at a time, past failures; returns one outcome per cell, in the cells' order.
+
+    The callbacks are never called concurrently; with ``jobs > 1`` another
+    cell's ``on_start`` may come between a cell's ``on_start`` and ``on_done``.
+    """
+    if jobs < 1:
+        raise UserError(f"jobs must be at least 1, got {jobs}")
     cells = list(cells)
-    outcomes = []
-    for i, cell in enumerate(cells):
-        if on_start is not None:
-            on_start(i, len(cells), cell)
+    lock = threading.Lock()
+
+    def one(i: int, cell: Cell) -> Outcome:
+        with lock:
+            if on_start is not None:
+                on_start(i, len(cells), cell)
         outcome = run_cell(cell, launch)
-        outcomes.append(outcome)
-        if on_done is not None:
-            on_done(outcome)
-    return outcomes
+        with lock:
+            if on_done is not None:
+                on_done(outcome)
+        return outcome
+
+    if jobs == 1:
+        return [one(i, cell) for i, cell in enumerate(cells)]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bench-cell") as pool:
+        return list(pool.map(one, range(len(cells)), cells))
+
+
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` runs sharing this machine's cores (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs)
 
 
 def bench_rows(cells: Sequence[Cell], runs: Any) -> list[str]:

@@ -123,7 +123,7 @@ def job_command(cell: Cell, processes: int, python: str | None = None) -> list[s
 def run_job(cell: Cell, log: str, processes: int) -> int:
     """What a job does: run the cell, its output in ``log``; returns the exit status."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w", encoding="utf-8") as stream:
+    with open(log, "a" if cell.resume else "w", encoding="utf-8") as stream:
         return subprocess.run(job_command(cell, processes), stdout=stream, stderr=subprocess.STDOUT,
                               check=False).returncode
 
@@ -163,13 +163,13 @@ def run_suite_as_jobs(
     outcomes: dict[int, Outcome] = {}
     todo: list[tuple[int, Cell, Path]] = []
     for i, cell in enumerate(cells):
-        early = prepare_cell(cell)
-        if early is not None:
-            outcomes[i] = early
+        planned = prepare_cell(cell)
+        if isinstance(planned, Outcome):
+            outcomes[i] = planned
             if on_done is not None:
-                on_done(early)
+                on_done(planned)
         else:
-            todo.append((i, cell, log_path(cell)))
+            todo.append((i, planned, log_path(planned)))
     jobs: list[Any] = []
     if todo:
         try:

@@ -32,6 +32,9 @@ def _data_roots(items: tuple[str, ...]) -> dict[str, str]:
               show_default=True,
               help="local: one cell after another here; slurm: every cell a Slurm job (submitit); "
                    "submitit-local: the same jobs as processes on this machine.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells run at a time by the local launcher, the CPU cores shared among them "
+                   "(OMP_NUM_THREADS, unless set).")
 @click.option("--partition", default=None, help="Slurm partition (overrides slurm.partition).")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=None,
               help="GPUs per job (default 1); more than 1 runs the cell with torchrun.")
@@ -39,15 +42,18 @@ def _data_roots(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--mem-gb", type=click.FloatRange(min=0, min_open=True), default=None, help="Memory per job (GB).")
 @click.option("--timeout-min", type=click.IntRange(min=1), default=None,
               help="Time limit per job in minutes (default 1440).")
-def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, launcher, partition, gpus_per_node,
-          cpus_per_task, mem_gb, timeout_min) -> None:  # noqa: ANN001
+def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, launcher, jobs, partition,
+          gpus_per_node, cpus_per_task, mem_gb, timeout_min) -> None:  # noqa: ANN001
     """Run every cell of SUITE_FILE (a TOML benchmark suite), then print the report table.
 
-    Cells already complete are skipped; a failed cell does not stop the
-    others and is listed at the end (exit status 1). See wsolbench/bench.py
-    and benchmarks/*.toml for the suite format, and wsolbench/slurm.py for
-    --launcher slurm and the suite's [slurm] table.
+    Cells already complete are skipped; an interrupted one continues from its
+    last finished epoch (when its settings are unchanged); a failed cell does
+    not stop the others and is listed at the end (exit status 1). See
+    wsolbench/bench.py and benchmarks/*.toml for the suite format, and
+    wsolbench/slurm.py for --launcher slurm and the suite's [slurm] table.
     """
+    import functools
+
     from rich.markup import escape
     from rich.table import Table
 
@@ -55,6 +61,8 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
     from wsolbench import report as rep
     from wsolbench.console import err, out
 
+    if jobs > 1 and launcher != "local":
+        raise click.UsageError("--jobs is for the local launcher; Slurm runs the cells as parallel jobs anyway")
     suite = bench_mod.load_suite(suite_file, output_dir, _data_roots(data_roots), list(sets))
     cells = [c for c in suite.cells if c.matches(only)]
     err.print(
@@ -71,16 +79,27 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
         return
 
     def on_start(i: int, n: int, cell: bench_mod.Cell) -> None:
-        err.print(f"[{i + 1}/{n}] {escape(cell.key)} ({escape(cell.method)}) ...", end=" ", highlight=False)
+        head = f"[{i + 1}/{n}] {escape(cell.key)} ({escape(cell.method)})"
+        if jobs == 1:  # the outcome follows on the same line
+            err.print(f"{head} ...", end=" ", highlight=False)
+        else:
+            err.print(f"{head} started", highlight=False)
 
     def on_done(outcome: bench_mod.Outcome) -> None:
         colour = {"completed": "green", "skipped": "dim", "failed": "red", "busy": "yellow"}[outcome.status]
         detail = f" in {outcome.seconds:.1f} s" if outcome.status == "completed" else ""
         detail += f": {escape(outcome.message)}" if outcome.message else ""
+        if jobs > 1:  # cells end in any order: name each
+            err.print(f"{escape(outcome.cell.key)} ({escape(outcome.cell.method)}) ", end="", highlight=False)
         err.print(f"[{colour}]{outcome.status}[/{colour}]{detail}", highlight=False)
 
     if launcher == "local":
-        outcomes = bench_mod.run_suite(cells, on_start=on_start, on_done=on_done)
+        launch = bench_mod.launch_local
+        if jobs > 1:
+            threads = bench_mod.threads_per_job(jobs)
+            launch = functools.partial(bench_mod.launch_local, threads=threads)
+            err.print(f"{jobs} cells at a time, {threads} CPU thread(s) each")
+        outcomes = bench_mod.run_suite(cells, launch, on_start=on_start, on_done=on_done, jobs=jobs)
     else:
         from wsolbench import slurm
 
