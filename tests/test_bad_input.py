@@ -147,6 +147,14 @@ def test_debug_shows_the_traceback():
     assert "Traceback" in proc.stderr and "UnknownNameError" in proc.stderr
 
 
+def test_settings_that_exhaust_memory_get_a_message_and_a_failed_run(tmp_path):
+    proc = run_cli("run", "-q", "--method", "cam-avg", "--set", "dataset.image_size=100000",
+                   "--output-dir", str(tmp_path), "--run-name", "huge")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "out of memory" in proc.stderr and "batch size" in proc.stderr
+    assert runs.read_json(tmp_path / "huge" / "manifest.json")["status"] == "failed"
+
+
 # -- security -------------------------------------------------------------------
 def _torch_load_calls(path: Path) -> list[tuple[int, bool]]:
     calls = []

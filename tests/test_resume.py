@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -97,6 +99,7 @@ def test_ctrl_c_or_sigterm_marks_the_run_interrupted_and_keeps_its_files(tmp_pat
     run = tmp_path / "stopped"
     assert code == 130 and "Traceback" not in err
     assert f"wsolbench run --resume {run}" in " ".join(err.split())
+    assert "Aborted" not in err and "Interrupted." not in err  # the run's own message is the last word
     manifest = read_json(run / "manifest.json")
     assert manifest["status"] == "interrupted"
     assert manifest["error"] == ("terminated by SIGTERM" if sig == "SIGTERM" else "interrupted by the user (Ctrl-C)")
@@ -312,3 +315,11 @@ def test_the_training_state_loads_weights_only_into_fresh_objects(tmp_path):
     momentum = fresh[0].state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, optimizer.state_dict()["state"][0]["momentum_buffer"])
     assert fresh[2].get_scale() == 123.0
+
+
+def test_run_files_get_the_mode_of_a_plain_open(reference):
+    """Files written atomically are readable by whoever the umask lets read (mkstemp alone gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("manifest.json", "results.json", "config.json", "last.pt"):
+        assert stat.S_IMODE((reference / name).stat().st_mode) == 0o666 & ~mask, name

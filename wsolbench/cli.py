@@ -114,15 +114,16 @@ _default_showwarning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
-    from wsolbench.errors import UserError
+    from wsolbench.errors import RunInterrupted, UserError
 
     warnings.showwarning = _show_warning
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("WSOLBENCH_DEBUG") == "1"
     try:
         cli.main(args=args, prog_name="wsolbench", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.secho("Aborted.", fg="red", err=True)
+    except click.exceptions.Abort as exc:
+        if not isinstance(exc.__cause__, RunInterrupted):  # a run says itself how it stopped
+            click.secho("Aborted.", fg="red", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -134,6 +135,15 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.secho(f"Error: {exc}", fg="red", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.secho("Interrupted.", fg="red", err=True)
+    except MemoryError as exc:
+        if debug:
+            raise
+        detail = f" ({exc})" if str(exc) else ""
+        click.secho(f"Error: out of memory{detail}. The settings ask for more than this machine has: lower the "
+                    "image or crop size, the batch size, or dataset.cache_images; --debug shows where.",
+                    fg="red", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, RunInterrupted):
+            click.secho("Interrupted.", fg="red", err=True)
         sys.exit(130)

@@ -22,7 +22,7 @@ from wsolbench import RUN_SCHEMA_VERSION, distributed
 from wsolbench.config import RunConfig
 from wsolbench.data import check_split_labels, eval_collate, seed_worker, train_collate
 from wsolbench.distributed import SINGLE, Context, TrainStep
-from wsolbench.errors import CheckpointError, DataError, TrainingDivergedError, UserError
+from wsolbench.errors import CheckpointError, DataError, RunInterrupted, TrainingDivergedError, UserError
 from wsolbench.extras import TestExtras
 from wsolbench.interfaces import Dataset, Method, ModelSpec
 from wsolbench.metrics import LocalizationAccumulator, classification_error
@@ -448,6 +448,8 @@ def _run(
         )
     except KeyboardInterrupt as exc:
         _mark_stopped(run_dir, "interrupted", str(exc) or "interrupted by the user (Ctrl-C)", dist.is_main)
+        if dist.is_main:  # the user has been told how to continue: the command line adds nothing
+            raise RunInterrupted(str(exc)) from exc
         raise
     except BaseException as exc:
         _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}", dist.is_main)

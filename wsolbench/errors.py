@@ -26,6 +26,10 @@ class UserError(Exception):
         return text
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM that has already told the user how to continue it."""
+
+
 class UnknownNameError(UserError, KeyError):
     """A name that is not registered (method, pooling, dataset, config key)."""
 
