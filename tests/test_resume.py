@@ -92,10 +92,14 @@ def test_ctrl_c_or_sigterm_marks_the_run_interrupted_and_keeps_its_files(tmp_pat
     monkeypatch.setenv("WSOLBENCH_FIXTURE_PAUSE_AT", str(PAUSE_STEP))
     monkeypatch.setenv("WSOLBENCH_FIXTURE_PAUSE_FILE", str(tmp_path / "paused"))
     monkeypatch.setenv("WSOLBENCH_FIXTURE_RAISE_SIGNAL", sig)
+    # a shell starts background jobs with SIGINT ignored, and Python keeps it so: restore Ctrl-C's handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code, err = cli(*run_args(tmp_path, "stopped"))
     except KeyboardInterrupt:  # pragma: no cover - only when the command line lets it through
         pytest.fail(f"{sig} escaped the command line as KeyboardInterrupt")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     run = tmp_path / "stopped"
     assert code == 130 and "Traceback" not in err
     assert f"wsolbench run --resume {run}" in " ".join(err.split())
