@@ -97,11 +97,13 @@ class Cell:
         ]
         if self.data_root:
             argv += ["--data-root", self.data_root]
-        for item in self.sets:
+        for item in self.settings():
             argv += ["--set", item]
-        if self.label:
-            argv += ["--set", f"label={json.dumps(self.label)}"]
         return argv
+
+    def settings(self) -> list[str]:
+        """The cell's ``--set`` items: the suite's, then its label."""
+        return [*self.sets] + ([f"label={json.dumps(self.label)}"] if self.label else [])
 
     def config(self) -> Any:
         """The :class:`~wsolbench.config.RunConfig` that the cell's command line resolves to."""
@@ -109,8 +111,7 @@ class Cell:
 
         options = {"data_root": self.data_root, "seed": self.seed, "output_dir": str(self.run_dir.parent),
                    "run_name": self.run_dir.name}
-        sets = [*self.sets] + ([f"label={json.dumps(self.label)}"] if self.label else [])
-        return config.resolve(self.method, self.dataset, self.profile, options=options, sets=sets)
+        return config.resolve(self.method, self.dataset, self.profile, options=options, sets=self.settings())
 
     def matches(self, patterns: Sequence[str]) -> bool:
         names = [self.key, self.dataset, self.name, self.method, f"{self.dataset}/{self.name}"]
@@ -268,7 +269,7 @@ def can_resume(cell: Cell) -> bool:
     It must hold a checkpoint of a finished epoch, a resumable status, and the
     settings the cell resolves to now (a suite edited since starts afresh).
     """
-    from wsolbench.resume import RESUMABLE
+    from wsolbench.resume import RESUMABLE, as_stored_json
 
     try:
         if runs.read_json(cell.run_dir / runs.MANIFEST).get("status") not in RESUMABLE:
@@ -276,7 +277,7 @@ def can_resume(cell: Cell) -> bool:
         if not (cell.run_dir / "last.pt").is_file():
             return False
         saved = runs.read_json(cell.run_dir / "config.json")
-        return json.loads(json.dumps(cell.config().to_dict())) == saved
+        return as_stored_json(cell.config().to_dict()) == saved
     except (OSError, ValueError, AttributeError, UserError):
         return False
 
@@ -287,13 +288,18 @@ def launch_local(cell: Cell, log: Path, threads: int | None = None) -> int:
     ``threads``: the run's CPU threads (``OMP_NUM_THREADS``), unless the
     environment sets them already.
     """
-    log.parent.mkdir(parents=True, exist_ok=True)
     env = None
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(log, "a" if cell.resume else "w", encoding="utf-8") as stream:
+    with open_log(cell, log) as stream:
         return subprocess.run(cell.command(), stdout=stream, stderr=subprocess.STDOUT, check=False,
                               env=env).returncode
+
+
+def open_log(cell: Cell, log: str | Path) -> Any:
+    """The cell's log opened for its run's output: appended to when the run resumes, else written afresh."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    return open(log, "a" if cell.resume else "w", encoding="utf-8")
 
 
 @dataclass

@@ -35,6 +35,7 @@ import pandas as pd
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS
+from wsolbench.utils import read_json
 
 CRF_SUFFIX = " + CRF"
 
@@ -109,7 +110,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise _Skip(f"no {path.name}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _Skip(f"{path.name} is unreadable: {exc}") from None
     if not isinstance(data, dict):

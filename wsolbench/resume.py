@@ -198,7 +198,7 @@ def open_run(path: str | Path) -> ResumePoint:
         if (run_dir.path / runs.LAST).exists():
             checkpoint = run_dir.load_checkpoint(runs.LAST)
             check_checkpoint(checkpoint, cfg, run_dir.path / runs.LAST)
-            if _as_json(checkpoint.get("config")) != config:
+            if as_stored_json(checkpoint.get("config")) != config:
                 raise ResumeError(
                     f"{run_dir.path / runs.LAST} was written with another configuration than "
                     f"{run_dir.path / runs.CONFIG}; the run directory was changed by hand and cannot be resumed"
@@ -229,7 +229,7 @@ def check_checkpoint(state: dict[str, Any], cfg: Any, where: str | Path = "the c
         )
 
 
-def _as_json(obj: Any) -> Any:
+def as_stored_json(obj: Any) -> Any:
     """``obj`` as config.json stores it (tuples become lists), for comparing the two."""
     import json
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wsolbench.bench import Cell, Outcome, finish_cell, log_path, prepare_cell
+from wsolbench.bench import Cell, Outcome, finish_cell, log_path, open_log, prepare_cell
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
 
 #: ``--launcher`` value -> submitit cluster
@@ -122,8 +122,7 @@ def job_command(cell: Cell, processes: int, python: str | None = None) -> list[s
 
 def run_job(cell: Cell, log: str, processes: int) -> int:
     """What a job does: run the cell, its output in ``log``; returns the exit status."""
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a" if cell.resume else "w", encoding="utf-8") as stream:
+    with open_log(cell, log) as stream:
         return subprocess.run(job_command(cell, processes), stdout=stream, stderr=subprocess.STDOUT,
                               check=False).returncode
 

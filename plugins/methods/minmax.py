@@ -237,14 +237,10 @@ class MinMaxEntropy(Method):
             problems.append("method.sigma_e must be > 0")
         if not 0 < p["classifier_scale"] <= 1:
             problems.append("method.classifier_scale must be in (0, 1]")
-        if p["trust_mode"] not in TRUST_MODES:
-            problems.append(f"method.trust_mode must be one of {', '.join(TRUST_MODES)}, not {p['trust_mode']!r}")
-        if p["normalize"] not in NORMALIZATIONS:
-            problems.append(f"method.normalize must be one of {', '.join(NORMALIZATIONS)}, not {p['normalize']!r}")
-        if p["classifier_batch"] not in CLASSIFIER_BATCHES:
-            problems.append(
-                f"method.classifier_batch must be one of {', '.join(CLASSIFIER_BATCHES)}, not {p['classifier_batch']!r}"
-            )
+        for key, choices in (("trust_mode", TRUST_MODES), ("normalize", NORMALIZATIONS),
+                             ("classifier_batch", CLASSIFIER_BATCHES)):
+            if p[key] not in choices:
+                problems.append(f"method.{key} must be one of {', '.join(choices)}, not {p[key]!r}")
         if min(p["w_pos"], p["w_neg"], p["w_loc"]) < 0:
             problems.append("the loss weights method.w_pos, w_neg, w_loc must be >= 0")
         if problems:
