@@ -68,6 +68,23 @@ class LeavesGradients(TinyCam):
         return super().localize(images, logits)
 
 
+class AssumesContiguousMemory(TinyCam):
+    """Reads the images' storage in row-major order, as a hand-written kernel might."""
+
+    def _contiguous_view(self, images: Tensor) -> Tensor:
+        n, c, h, w = images.shape
+        return images.as_strided((n, c, h, w), (c * h * w, h * w, w, 1))
+
+    def training_loss(self, batch: dict[str, Tensor]) -> StepOutput:
+        return super().training_loss(dict(batch, image=self._contiguous_view(batch["image"])))
+
+    def predict(self, images: Tensor) -> Tensor:
+        return super().predict(self._contiguous_view(images))
+
+    def localize(self, images: Tensor, logits: Tensor | None = None) -> Tensor:
+        return super().localize(self._contiguous_view(images), logits)
+
+
 class TinyAvg(Pooling):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x.mean(dim=(2, 3)), x
@@ -134,6 +151,7 @@ def test_correct_tiny_plugins_pass(registered):
         (PeeksAtMasks, "does not declare needs_masks = True"),
         (DivergingLoss, "the training loss is nan"),
         (LeavesGradients, "inference left gradients"),
+        (AssumesContiguousMemory, "differ between channels-last and contiguous tensors"),
     ],
 )
 def test_check_method_names_what_is_wrong(registered, cls, message):

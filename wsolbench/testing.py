@@ -20,6 +20,9 @@ says what to fix. :func:`check_method` checks that:
 - in evaluation mode, ``predict`` gives finite ``(N, K)`` scores; ``localize``
   (with and without the scores) and ``infer`` give finite maps in [0, 1] of
   shape ``(N, H, W)``, the input's size, which agree with each other;
+- in channels-last memory format (``train.channels_last``, the default), a
+  training step gives the same loss and gradients, and inference the same
+  scores and maps, as in the default contiguous format;
 - inference leaves no gradient in any parameter (for methods with
   ``needs_grad_at_inference``, which run with autograd on, as in the engine).
 
@@ -98,7 +101,52 @@ def check_method(
     if method.trainable:
         _check_training(method, what, num_classes, size, batch_size)
     _check_inference(method, what, num_classes, size, batch_size)
+    _check_channels_last(method, what, num_classes, size, batch_size)
     return method
+
+
+def _check_channels_last(method: Method, what: str, num_classes: int, size: tuple[int, int], n: int) -> None:
+    """The same numbers, up to rounding, whichever memory format the model and images use."""
+    import copy
+
+    other = copy.deepcopy(method).to(memory_format=torch.channels_last)
+    batch = make_batch(num_classes, size, n, masks=method.needs_masks, seed=2)
+    last = dict(batch, image=batch["image"].contiguous(memory_format=torch.channels_last))
+
+    def close(a: Tensor, b: Tensor, label: str) -> None:
+        # relative error of the whole tensor: sums run in another order in the other layout,
+        # and batch norm on a batch of two amplifies that in the first layers' gradients
+        # (up to 2e-3 seen); a layout bug mixes values up (an error near 1). The floor
+        # covers gradients that are zero up to rounding.
+        diff = float((a.float() - b.float()).norm())
+        assert diff <= 1e-2 * max(float(a.float().norm()), 1e-3), (
+            f"{what}: {label} differ between channels-last and contiguous tensors "
+            f"(relative difference {diff / max(float(a.float().norm()), 1e-12):.3g}); a .view() on a "
+            f"feature map or an op that assumes contiguous memory is the usual cause"
+        )
+
+    if method.trainable:
+        results = []
+        for model, data in ((method, batch), (other, last)):
+            model.train()
+            torch.manual_seed(0)
+            out = model.training_step(data, lambda loss: loss.backward())
+            grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+            model.zero_grad(set_to_none=True)
+            results.append((out.loss.detach(), grads))
+        (loss_a, grads_a), (loss_b, grads_b) = results
+        close(loss_a, loss_b, "training losses")
+        assert grads_a.keys() == grads_b.keys(), f"{what}: different parameters get gradients in channels-last"
+        for k in grads_a:
+            close(grads_a[k], grads_b[k], f"gradients of {k}")
+    for model in (method, other):
+        model.eval()
+    with torch.set_grad_enabled(method.needs_grad_at_inference):
+        logits_a, maps_a = method.infer(batch["image"])
+        logits_b, maps_b = other.infer(last["image"])
+    close(logits_a, logits_b, "inference scores")
+    close(maps_a, maps_b, "inference maps")
+    method.zero_grad(set_to_none=True)
 
 
 def _check_training(method: Method, what: str, num_classes: int, size: tuple[int, int], n: int) -> None:
