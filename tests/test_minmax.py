@@ -364,6 +364,65 @@ def test_joint_classifier_batch_is_two_calls_in_one_with_shared_batch_statistics
     assert not torch.allclose(pos, pos_alone, atol=1e-3)  # each with its own batch statistics
 
 
+def _bn_stats(module):
+    """Running means and variances, in order (a layer's mean, then its variance)."""
+    stats = [b.clone() for name, b in module.named_buffers() if name.rsplit(".", 1)[-1].startswith("running_")]
+    assert stats
+    return stats
+
+
+def test_the_classifier_keeps_its_own_batch_norm_statistics_and_training_is_unchanged():
+    own, shared = _method(u=0, classifier_bn="own"), _method(u=0, classifier_bn="shared")
+    shared.load_state_dict(own.state_dict(), strict=False)  # same weights; "shared" has no second set
+    torch.manual_seed(3)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    x_f, x_g = images, images * 2 + 1  # f's and g's inputs differ in distribution, as in training
+
+    own.train()
+    f_before, g_before = _bn_stats(own.backbone), _bn_stats(own.cls_bn_stats)
+    own.classify(x_g)  # g's pass updates g's statistics only ...
+    assert all(torch.equal(a, b) for a, b in zip(f_before, _bn_stats(own.backbone)))
+    g_after = _bn_stats(own.cls_bn_stats)
+    assert not any(torch.equal(a, b) for a, b in zip(g_before, g_after))
+    own.localizer(x_f)  # ... and f's pass f's only
+    assert all(torch.equal(a, b) for a, b in zip(g_after, _bn_stats(own.cls_bn_stats)))
+    assert not any(torch.equal(a, b) for a, b in zip(f_before, _bn_stats(own.backbone)))
+
+    # training normalises with each batch's statistics: the same step either way
+    outs = []
+    for m in (own, shared):
+        m.train()
+        torch.manual_seed(4)
+        out = m.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+        outs.append((out.loss.item(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(outs[0][1], outs[1][1]))
+
+    # in evaluation f and g are each normalised with their own statistics: the shared network
+    # given f's statistics localizes as f, given g's it classifies as g
+    own.eval()
+    shared.eval()
+
+    def give(stats):
+        for layer, (mean, var) in zip(shared._batch_norms(), zip(*[iter(stats)] * 2)):
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(var)
+
+    with torch.no_grad():
+        give(_bn_stats(own.backbone))
+        torch.testing.assert_close(own.localize(images), shared.localize(images))
+        give(_bn_stats(own.cls_bn_stats))
+        torch.testing.assert_close(own.classify(images), shared.classify(images))
+        assert not torch.allclose(own.localize(images), shared.localize(images), atol=1e-3)
+
+    # the statistics are part of the checkpoint
+    again = _method(u=0, classifier_bn="own")
+    again.load_state_dict(own.state_dict())
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.predict(images), own.predict(images))
+
+
 def test_same_seed_same_training_step():
     def step():
         method = _method(u=4, trust_mode="reference")
@@ -382,7 +441,7 @@ def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
     assert MinMaxEntropy.label("minmax", {"u": 4}) == "minmax (u=4)"
     assert MinMaxEntropy.label("minmax", {"u": 0}) == "minmax (u=0)"
     for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0},
-                {"classifier_batch": "both"}):
+                {"classifier_batch": "both"}, {"classifier_bn": "split"}):
         with pytest.raises(ConfigError):
             MinMaxEntropy(num_classes=2, model=ModelSpec("resnet18", pooling="avg"), **bad)
 
