@@ -423,6 +423,29 @@ def test_the_classifier_keeps_its_own_batch_norm_statistics_and_training_is_unch
         torch.testing.assert_close(again.predict(images), own.predict(images))
 
 
+def test_the_erasing_passes_leave_the_localizers_running_statistics_alone():
+    torch.manual_seed(6)
+    images, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    method = _method(u=4, trust_mode="reference", classifier_bn="own")
+    once = _method(u=4, trust_mode="reference", classifier_bn="own")
+    once.load_state_dict(method.state_dict())
+    method.train()
+    once.train()
+    out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+    assert out.logs["erase_passes"] > 1  # some samples went through erased passes of f ...
+    once.localizer(images)  # ... yet f's statistics are those of its one pass on the whole images
+    for a, b in zip(_bn_stats(method.backbone), _bn_stats(once.backbone)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    counts = [layer.num_batches_tracked for layer in method._batch_norms()]
+    assert all(int(c) == 1 for c in counts)
+
+    shared = _method(u=4, trust_mode="reference", classifier_bn="shared")
+    shared.load_state_dict(once.state_dict(), strict=False)
+    shared.train()
+    shared.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+    assert all(int(layer.num_batches_tracked) > 2 for layer in shared._batch_norms())  # every pass counted
+
+
 def test_same_seed_same_training_step():
     def step():
         method = _method(u=4, trust_mode="reference")

@@ -34,15 +34,17 @@ one pass, ``R+`` used as is (no trust), one backward of Eq.9.
 Inference is a single pass: the class comes from ``g`` on ``X+`` (as in the
 paper), the map is ``f``'s normalised ``M+`` (per image).
 
-Batch norm: ``f`` sees whole images at full resolution, ``g`` masked images at
-``classifier_scale`` of it, through the same layers. With ``classifier_bn =
-"own"`` (the default) the backbone's batch-norm layers keep one set of running
-statistics per sub-network (weights, scale and shift stay shared), so that in
-evaluation each is normalised as it was in training; training itself, which
-normalises with the statistics of each batch, is unchanged. With ``"shared"``
-one set follows all passes, a mixture that fits neither: on the synthetic
-dataset it left ``g``'s validation error at 21-42% where the same weights
-scored 6% with its own statistics.
+Batch norm: ``f`` sees whole images at full resolution (and erased ones while
+erasing), ``g`` masked images at ``classifier_scale`` of it, through the same
+layers. With ``classifier_bn = "own"`` (the default) the running statistics
+of the backbone's batch-norm layers follow what each sub-network sees at
+inference: one set for ``f`` from its pass on the whole image (the erasing
+passes update none), one for ``g`` from its passes (weights, scale and shift
+stay shared). Training itself, which normalises with each batch's statistics,
+is unchanged; evaluation normalises each sub-network as it was trained. With
+``"shared"`` one set follows every pass, a mixture that fits neither: on the
+synthetic dataset it left min-max's validation error at 21-42% where the same
+weights scored about 6% normalised with their inputs' own statistics.
 """
 
 from __future__ import annotations
@@ -262,6 +264,36 @@ class MinMaxEntropy(Method):
                 setattr(layer, key, theirs)
 
     @contextlib.contextmanager
+    def _bn_stats_frozen(self) -> Iterator[None]:
+        """Inside: batch norm normalises with the batch's statistics and updates no running statistics."""
+        layers = self._batch_norms()
+        saved = [(layer.running_mean, layer.running_var, layer.num_batches_tracked.clone()) for layer in layers]
+        for layer in layers:
+            layer.running_mean, layer.running_var = None, None
+        try:
+            yield
+        finally:
+            for layer, (mean, var, count) in zip(layers, saved):
+                layer.running_mean, layer.running_var = mean, var
+                layer.num_batches_tracked.copy_(count)
+
+    def _erasing_localizer(self) -> Localizer:
+        """``f`` for the erasing: its passes on erased images leave f's running statistics alone (``own``)."""
+        if self.params["classifier_bn"] != "own":
+            return self.localizer
+        passes = 0
+
+        def localizer(images: Tensor) -> tuple[Tensor, Tensor]:
+            nonlocal passes
+            passes += 1
+            if passes == 1 or not self.training:  # the whole image, as f sees it at inference
+                return self.localizer(images)
+            with self._bn_stats_frozen():
+                return self.localizer(images)
+
+        return localizer
+
+    @contextlib.contextmanager
     def _classifier_bn(self) -> Iterator[None]:
         """Inside: the backbone's batch norm uses and updates g's running statistics."""
         if self.params["classifier_bn"] != "own":
@@ -345,7 +377,7 @@ class MinMaxEntropy(Method):
             logs: dict[str, Any] = {"erase_depth": 0.0, "erase_passes": 0.0}
         else:
             erasure = recursive_erasing(
-                self.localizer, images, labels, backward, depth=depth, sigma_e=p["sigma_e"], omega=p["omega"],
+                self._erasing_localizer(), images, labels, backward, depth=depth, sigma_e=p["sigma_e"], omega=p["omega"],
                 sigma=p["sigma"], trust_mode=p["trust_mode"], normalize=p["normalize"], weight=p["w_loc"],
             )
             relevant = erasure.accumulated
