@@ -15,6 +15,8 @@ resident-memory high-water mark is reset before training and read after.
 
     python benchmarks/minmax_erasing.py                       # GlaS if found, else synthetic
     python benchmarks/minmax_erasing.py --dataset synthetic --epochs 2
+    python benchmarks/minmax_erasing.py --device cuda       # GPU: times after synchronisation,
+                                                            # memory from the CUDA allocator's peak
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="g on X+ and X- in one call or in two (method.classifier_batch)")
     ap.add_argument("--memory-steps", type=int, default=3, help="training steps of each memory probe")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (full precision on both)")
     ap.add_argument("--probe-memory", type=int, default=None, metavar="U", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -74,7 +77,7 @@ def make_config(args: argparse.Namespace, dataset: str, u: int, workers: int):
     sets = [
         f"model.backbone={args.backbone}", "model.pretrained=false", f"model.pooling={pooling}",
         f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.num_workers={workers}",
-        f"method.u={u}", f"method.trust_mode={args.trust_mode}", f"seed={args.seed}", "device=cpu",
+        f"method.u={u}", f"method.trust_mode={args.trust_mode}", f"seed={args.seed}", f"device={args.device}",
         f"method.classifier_batch={args.classifier_batch}", f"train.channels_last={str(args.channels_last).lower()}",
     ]
     dataset_keys = registry("dataset").resolve(dataset).defaults
@@ -89,7 +92,7 @@ def make_config(args: argparse.Namespace, dataset: str, u: int, workers: int):
 
 
 def build(cfg, split=None):
-    """``(method, optimizer, loader, split)`` on the CPU, weights drawn from ``cfg.seed``.
+    """``(method, optimizer, loader, split)`` on ``cfg.device``, weights drawn from ``cfg.seed``.
 
     The loader's order depends on the seed only, so two builds see the same batches.
     """
@@ -98,7 +101,7 @@ def build(cfg, split=None):
     from wsolbench import engine
     from wsolbench.utils import seed_everything
 
-    device = torch.device("cpu")
+    device = torch.device(cfg.device)
     dataset = engine.build_dataset(cfg)
     if split is None:
         split = dataset.split("train")
@@ -122,7 +125,7 @@ def time_steps(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, fl
         method, optimizer, loader, split = build(cfg, split)
         runs[u] = {"method": method, "optimizer": optimizer, "seconds": [0.0] * args.epochs, "logs": []}
     # one loader feeds both models: the same batches, loaded once
-    warmup = channels_last(next(iter(loader)), args)
+    warmup = prepare(next(iter(loader)), args)
     for r in runs.values():  # one untimed step each: lazy initialisation is not the method's cost
         r["method"].train()
         r["method"].training_step(warmup, lambda loss: loss.backward())
@@ -133,14 +136,16 @@ def time_steps(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, fl
             r["method"].train()
             r["method"].on_epoch_start(epoch)
         for step, batch in enumerate(loader):
-            batch = channels_last(batch, args)
+            batch = prepare(batch, args)
             order = settings if step % 2 == 0 else settings[::-1]  # neither always runs first
             for u in order:
                 r = runs[u]
+                sync(args)
                 t0 = time.perf_counter()
                 r["optimizer"].zero_grad(set_to_none=True)
                 out = r["method"].training_step(batch, lambda loss: loss.backward())
                 r["optimizer"].step()
+                sync(args)
                 r["seconds"][epoch] += time.perf_counter() - t0
                 r["logs"].append({k: float(v) for k, v in out.logs.items()})
             images += len(batch["label"])
@@ -165,12 +170,22 @@ def time_steps(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, fl
     return out
 
 
-def channels_last(batch: dict, args: argparse.Namespace) -> dict:
+def prepare(batch: dict, args: argparse.Namespace) -> dict:
+    """The batch on ``--device``, its images channels-last when asked for."""
     import torch
 
+    batch = {k: v.to(args.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     if args.channels_last:
-        return {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
     return batch
+
+
+def sync(args: argparse.Namespace) -> None:
+    """Wait for the GPU's queued work, so that a timer read after it counts that work."""
+    import torch
+
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize(args.device)
 
 
 def time_localizer_alone(method, optimizer, loader, args: argparse.Namespace) -> float:
@@ -184,12 +199,14 @@ def time_localizer_alone(method, optimizer, loader, args: argparse.Namespace) ->
     seconds, images = 0.0, 0
     method.train()
     for batch in loader:
-        batch = channels_last(batch, args)
+        batch = prepare(batch, args)
+        sync(args)
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         scores, _ = method.localizer(batch["image"])
         F.cross_entropy(scores, batch["label"]).backward()
         optimizer.step()
+        sync(args)
         seconds += time.perf_counter() - t0
         images += len(batch["label"])
     return images / seconds
@@ -204,21 +221,29 @@ def probe_memory(args: argparse.Namespace, dataset: str) -> None:
 
     The kernel's high-water mark is reset just before training
     (``/proc/self/clear_refs``), so the peak is that of the training steps,
-    not of building the model or the data.
+    not of building the model or the data. On a GPU: the CUDA allocator's
+    allocated bytes, its peak reset likewise.
     """
     import gc
+
+    import torch
 
     cfg = make_config(args, dataset, args.probe_memory, workers=0)
     method, optimizer, loader, _ = build(cfg)
     method.train()
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = proc_status_kib("VmRSS")
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(args.device)
+        before = torch.cuda.memory_allocated(args.device) // 1024
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = proc_status_kib("VmRSS")
     steps, depth = 0, 0.0
     while steps < args.memory_steps:
         for batch in loader:
-            batch = channels_last(batch, args)
+            batch = prepare(batch, args)
             optimizer.zero_grad(set_to_none=True)
             out = method.training_step(batch, lambda loss: loss.backward())
             optimizer.step()
@@ -226,7 +251,7 @@ def probe_memory(args: argparse.Namespace, dataset: str) -> None:
             depth += float(out.logs.get("erase_depth", 0.0))
             if steps == args.memory_steps:
                 break
-    peak = proc_status_kib("VmHWM")
+    peak = torch.cuda.max_memory_allocated(args.device) // 1024 if cuda else proc_status_kib("VmHWM")
     print(json.dumps({"before_kib": before, "peak_kib": peak, "depth": depth / steps}))
 
 
@@ -264,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         f"min-max erasing cost: dataset {dataset}, {args.backbone} from random weights, {args.crop} px, "
         f"batch {args.batch_size}, {args.epochs} epochs, {args.workers} loader workers, trust_mode "
         f"{args.trust_mode}, classifier_batch {args.classifier_batch}, channels_last {args.channels_last}, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads",
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, device {args.device}",
         flush=True,
     )
     timing = time_steps(args, dataset)
@@ -288,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
           f"the reference's; u=0 runs at x{t0['images_per_s'] / ceiling:.2f} of it, g's passes take the rest)")
     print(f"u={u} training throughput            {tu['images_per_s']:.2f} images/s")
     print(f"peak memory u={u} / u=0             x{peak:.3f}   ({memory[u]['peak_kib'] / 1024:.0f} / "
-          f"{memory[0]['peak_kib'] / 1024:.0f} MiB resident)")
+          f"{memory[0]['peak_kib'] / 1024:.0f} MiB {'allocated on the GPU' if args.device.startswith('cuda') else 'resident'})")
     print(f"  growth during training u={u} / u=0 x{growth:.3f}   ({args.memory_steps} steps each, own process)")
 
 
