@@ -148,7 +148,9 @@ def test_debug_shows_the_traceback():
 
 
 def test_settings_that_exhaust_memory_get_a_message_and_a_failed_run(tmp_path):
-    proc = run_cli("run", "-q", "--method", "cam-avg", "--set", "dataset.image_size=100000",
+    # 1.4 PiB of pixels: beyond any machine's address space, so the allocation fails at once everywhere
+    # (a size that merely exceeds the RAM can be granted lazily where the kernel overcommits, then thrash)
+    proc = run_cli("run", "-q", "--method", "cam-avg", "--set", "dataset.image_size=10000000",
                    "--output-dir", str(tmp_path), "--run-name", "huge")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "out of memory" in proc.stderr and "batch size" in proc.stderr

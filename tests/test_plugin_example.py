@@ -175,6 +175,21 @@ def plugins_from(site: Path, cwd: Path):
         plugins._HOST = None
 
 
+def _offline_build() -> list[str]:
+    """``--no-build-isolation`` when this environment's setuptools can build the packages itself.
+
+    Build isolation fetches setuptools from the package index, which a machine without
+    internet cannot reach; setuptools 70.1 and later build wheels without anything else.
+    """
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(x) for x in version("setuptools").split(".")[:2])
+    except Exception:  # not installed, or an unusual version string: let pip isolate the build
+        return []
+    return ["--no-build-isolation"] if (major, minor) >= (70, 1) else []
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("author")
@@ -189,8 +204,8 @@ def ws(tmp_path_factory) -> Workspace:
     shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     installs = [shlex.split(c)[-1] for c in commands if c.startswith("pip install")]
     assert installs == ["./my-wsol-method"], commands
-    pip = ws.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(ws.site),
-                  str(example), *installs])
+    pip = ws.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", *_offline_build(),
+                  "--target", str(ws.site), str(example), *installs])
     assert pip.returncode == 0, pip.stdout + pip.stderr
     for dist, (module, source) in BROKEN.items():
         write_distribution(ws.site, dist, module, source, version="0.0.1")
