@@ -134,7 +134,7 @@ def test_minmax_trains_on_two_processes(tmp_path):
     if "minmax" not in registry("method").names():
         pytest.skip("the minmax method is not installed")
     _two_processes(tmp_path, "run", "--method", "minmax", "--pooling", "avg", "-q", "--output-dir", str(tmp_path),
-                   "--run-name", "mm", *TINY, "--set", "method.u=3")
+                   "--run-name", "mm", *TINY, "--set", "method.u=3", "--set", "method.erase_start_epoch=0")
     rows = [json.loads(line) for line in (tmp_path / "mm" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train_erase_depth"] >= 1
     results = json.loads((tmp_path / "mm" / "results.json").read_text())

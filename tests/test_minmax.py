@@ -480,6 +480,9 @@ def test_paper_profile_and_pooling_settings_that_fit_the_chosen_pooling():
     with pytest.raises(UnknownNameError):  # ... but a user's setting must fit the pooling
         config.resolve("minmax", "synthetic", "paper", sets=["model.pooling=avg", "pooling.kmax=0.1"])
     assert MinMaxEntropy.profiles["paper/glas"]["pooling"]["dropout"] == 0.75
+    assert cfg.method_params["erase_start_epoch"] == 0  # the paper erases from the start ...
+    quick = config.resolve("minmax", "synthetic", "quick")
+    assert quick.method_params["erase_start_epoch"] == 3  # ... the 8-epoch smoke profile from epoch 3
     if _pooling() == "wildcat":
         cfg = config.resolve("minmax", "synthetic", "paper")
         paper = MinMaxEntropy.profiles["paper"]["pooling"]
@@ -489,7 +492,7 @@ def test_paper_profile_and_pooling_settings_that_fit_the_chosen_pooling():
 def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
     from wsolbench import engine
 
-    sets = [f"model.pooling={_pooling()}", f"model.backbone={BACKBONE}", "train.epochs=1"]
+    sets = [f"model.pooling={_pooling()}", f"model.backbone={BACKBONE}", "train.epochs=1", "method.erase_start_epoch=0"]
     sets += [item for item in TINY[:-2] if item != "--set"]
     cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=mm"])
     results = engine.run(cfg, quiet=True).results
