@@ -3,7 +3,8 @@
 Every method gets the same training budget: the same data, backbone, epochs,
 batch size, optimiser and seeds (the ``quick`` profile unless overridden).
 Prints the test classification error, per-image F1+ / F1- at threshold 0.5,
-PxAP and the training time of each, as a table (means over the seeds).
+PxAP and the training time of each, as a table (mean ± sample standard
+deviation over the seeds).
 
     python benchmarks/minmax_quality.py
     python benchmarks/minmax_quality.py --epochs 12 --seeds 0 1 2
@@ -64,18 +65,24 @@ def main(argv: list[str] | None = None) -> None:
         cfg = config.resolve("cam-avg", "synthetic", args.profile, sets=common)
     table = Table(
         title=f"synthetic test set, profile {args.profile}, {cfg.train.epochs} epochs, {cfg.model.backbone}, "
-        f"seeds {' '.join(map(str, args.seeds))} (means)"
+        f"seeds {' '.join(map(str, args.seeds))} (mean ± sample sd over the seeds)"
     )
     table.add_column("method")
     for _, title in COLUMNS:
         table.add_column(title, justify="right")
     table.add_column("train s", justify="right")
     for per_seed in rows:
-        mean = {k: statistics.fmean(r[k] for r in per_seed) for k, _ in COLUMNS}
         seconds = statistics.fmean(r["train_seconds"] for r in per_seed)
-        table.add_row(per_seed[0]["method_label"], *(f"{mean[k]:.2f}" for k, _ in COLUMNS), f"{seconds:.0f}")
+        table.add_row(per_seed[0]["method_label"], *(spread([r[k] for r in per_seed]) for k, _ in COLUMNS),
+                      f"{seconds:.0f}")
     out.print(table)
     out.print("F1+/F1-: per-image Dice at 0.5, mean over images (the paper's protocol); PxAP: pixel AP over the set.")
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sample sd`` (the mean alone for one value)."""
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 if __name__ == "__main__":
