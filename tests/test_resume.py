@@ -154,7 +154,12 @@ def test_resume_rewrites_best_from_last_when_killed_between_them(tmp_path, host,
     assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, host):
+@pytest.mark.parametrize("interval", [1, 25], ids=["every-step", "every-25-steps-as-on-a-gpu"])
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, host, monkeypatch, interval):
+    from wsolbench import engine
+
+    # on a GPU the host looks at the loss every 25 steps; the step reported is still the first bad one
+    monkeypatch.setattr(engine, "loss_check_interval", lambda device: interval)
     code, err = cli(*run_args(tmp_path, "nan", "--set", f"method.nan_at={PAUSE_STEP}"))
     assert code == 2 and "Traceback" not in err
     assert "nan at epoch 1, step 1" in " ".join(err.split())

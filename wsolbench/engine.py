@@ -162,6 +162,23 @@ def to_device(batch: dict[str, Any], device: torch.device, keys: tuple[str, ...]
     return {k: (batch[k].to(device, non_blocking=True) if k in batch else None) for k in keys if k in batch}
 
 
+def loss_check_interval(device: torch.device) -> int:
+    """Steps between two looks at the training loss from the host: every step on the CPU, where a
+    look is free; every 25 on a GPU, where it waits for the queued work. Either way the first
+    non-finite loss is reported with its own step."""
+    return 1 if device.type == "cpu" else 25
+
+
+def diverged(bad_step: Tensor, bad_loss: Tensor, epoch: int) -> None:
+    """Raise :class:`TrainingDivergedError` if a step of this epoch had a non-finite loss."""
+    step = int(bad_step)
+    if step >= 0:
+        raise TrainingDivergedError(
+            f"the training loss became {float(bad_loss)} at epoch {epoch}, step {step}; "
+            f"lower train.lr or check the data. The last good checkpoint is kept."
+        )
+
+
 def train_one_epoch(
     method: Method,
     loader: torch.utils.data.DataLoader,
@@ -188,7 +205,10 @@ def train_one_epoch(
     wrong = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     extra: dict[str, Tensor] = {}
-    check_every = 1 if device.type == "cpu" else 25
+    check_every = loss_check_interval(device)
+    # the first non-finite loss (step and value), kept on the device: no host synchronisation per step
+    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    bad_loss = torch.zeros((), device=device)
     scaler = precision.scaler
 
     def backward(loss: Tensor) -> None:
@@ -205,11 +225,11 @@ def train_one_epoch(
         with precision.autocast():
             out = step_fn(batch, backward)
         loss = out.loss.detach().float()
-        if step % check_every == 0 and not bool(torch.isfinite(loss)):
-            raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at epoch {epoch}, step {step}; "
-                f"lower train.lr or check the data. The last good checkpoint is kept."
-            )
+        first = (bad_step < 0) & ~torch.isfinite(loss)
+        bad_step = torch.where(first, step, bad_step)
+        bad_loss = torch.where(first, loss, bad_loss)
+        if step % check_every == 0:
+            diverged(bad_step, bad_loss, epoch)
         if cfg.train.grad_clip > 0:
             if precision.scaler is not None:
                 precision.scaler.unscale_(optimizer)
@@ -231,6 +251,7 @@ def train_one_epoch(
             extra[k] = extra.get(k, torch.zeros((), dtype=torch.float64, device=v.device)) + v * n
         if on_step is not None:
             on_step()
+    diverged(bad_step, bad_loss, epoch)
     sums = dist.sum({"loss": total_loss.item(), "wrong": wrong.item(), "seen": seen,
                      **{f"train_{k}": v.item() for k, v in extra.items()}})
     seen = max(sums.pop("seen"), 1)
