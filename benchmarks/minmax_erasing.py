@@ -180,11 +180,15 @@ def prepare(batch: dict, args: argparse.Namespace) -> dict:
     return batch
 
 
+def on_gpu(args: argparse.Namespace) -> bool:
+    return args.device.startswith("cuda")
+
+
 def sync(args: argparse.Namespace) -> None:
     """Wait for the GPU's queued work, so that a timer read after it counts that work."""
     import torch
 
-    if args.device.startswith("cuda"):
+    if on_gpu(args):
         torch.cuda.synchronize(args.device)
 
 
@@ -232,8 +236,7 @@ def probe_memory(args: argparse.Namespace, dataset: str) -> None:
     method, optimizer, loader, _ = build(cfg)
     method.train()
     gc.collect()
-    cuda = args.device.startswith("cuda")
-    if cuda:
+    if on_gpu(args):
         torch.cuda.reset_peak_memory_stats(args.device)
         before = torch.cuda.memory_allocated(args.device) // 1024
     else:
@@ -251,7 +254,7 @@ def probe_memory(args: argparse.Namespace, dataset: str) -> None:
             depth += float(out.logs.get("erase_depth", 0.0))
             if steps == args.memory_steps:
                 break
-    peak = torch.cuda.max_memory_allocated(args.device) // 1024 if cuda else proc_status_kib("VmHWM")
+    peak = torch.cuda.max_memory_allocated(args.device) // 1024 if on_gpu(args) else proc_status_kib("VmHWM")
     print(json.dumps({"before_kib": before, "peak_kib": peak, "depth": depth / steps}))
 
 
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
           f"the reference's; u=0 runs at x{t0['images_per_s'] / ceiling:.2f} of it, g's passes take the rest)")
     print(f"u={u} training throughput            {tu['images_per_s']:.2f} images/s")
     print(f"peak memory u={u} / u=0             x{peak:.3f}   ({memory[u]['peak_kib'] / 1024:.0f} / "
-          f"{memory[0]['peak_kib'] / 1024:.0f} MiB {'allocated on the GPU' if args.device.startswith('cuda') else 'resident'})")
+          f"{memory[0]['peak_kib'] / 1024:.0f} MiB {'allocated on the GPU' if on_gpu(args) else 'resident'})")
     print(f"  growth during training u={u} / u=0 x{growth:.3f}   ({args.memory_steps} steps each, own process)")
 
 

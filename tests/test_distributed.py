@@ -83,14 +83,13 @@ def test_ddp_averages_gradients_of_one_and_of_several_backward_passes(tmp_path):
 
 
 def _two_processes(tmp_path, *argv: str) -> list[str]:
-    """``wsolbench ARGV --device cpu`` on two processes as torchrun starts them; returns each one's output.
+    """``wsolbench ARGV`` on two processes as torchrun starts them; returns each one's output.
 
-    On the CPU (gloo) whatever the machine has: on a one-GPU machine, two processes asking for
-    CUDA would stop with a message that the second has no GPU.
+    On the CPU (gloo): the suite hides GPUs (conftest.py), and the forked processes inherit that.
     """
     logs = str(tmp_path / "log")
     port = distributed_support.free_port()
-    distributed_support.start_two(distributed_support.cli_as_rank, (2, port, [*argv, "--device", "cpu"], logs))
+    distributed_support.start_two(distributed_support.cli_as_rank, (2, port, list(argv), logs))
     return [open(f"{logs}.{rank}").read() for rank in range(2)]
 
 
@@ -116,7 +115,7 @@ def test_two_process_run_equals_single_process_evaluation_of_its_checkpoint(tmp_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process: CPU convolutions round by thread count
     try:
-        main(["evaluate-run", str(run), "-q", "--device", "cpu", "--output-dir", str(tmp_path / "again")])
+        main(["evaluate-run", str(run), "-q", "--output-dir", str(tmp_path / "again")])
     except SystemExit as exc:
         assert exc.code in (0, None)
     finally:

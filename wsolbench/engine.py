@@ -256,7 +256,7 @@ def train_one_epoch(
                      **{f"train_{k}": v.item() for k, v in extra.items()}})
     seen = max(sums.pop("seen"), 1)
     mean_loss = sums.pop("loss") / seen
-    if not math.isfinite(mean_loss):
+    if not math.isfinite(mean_loss):  # another process's loss went bad (this one's is caught above)
         raise TrainingDivergedError(f"the training loss became {mean_loss} during epoch {epoch}")
     logs = {"train_loss": mean_loss, "train_error": 100.0 * sums.pop("wrong") / seen}
     logs.update({k: v / seen for k, v in sums.items()})
