@@ -32,15 +32,83 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-METRIC_DESCRIPTIONS = {
-    "cl_error": "classification error (%)",
-    "f1_pos": "per-image Dice of the foreground at threshold 0.5, mean over images (x100)",
-    "f1_neg": "per-image Dice of the background at threshold 0.5, mean over images (x100)",
-    "pxap": "pixel average precision over the set, fixed-bin histograms (x100)",
-    "dice_best": "pooled Dice at the best threshold (x100), a different protocol from F1 at 0.5",
-    "iou_best": "pooled IoU at the threshold of dice_best (x100)",
-    "threshold_best": "the threshold that maximises pooled Dice",
+@dataclass(frozen=True)
+class Protocol:
+    """How a group of metrics is computed: recorded in ``results.json`` and noted under report tables."""
+
+    name: str  #: the key in ``results.json``'s ``protocol`` (when ``record`` is set)
+    note: str  #: the report's sentence; ``{<metric>}`` placeholders become column titles
+    record: str = ""  #: ``results.json``'s text; ``{threshold}`` and ``{bins}`` are the run's settings
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric's facts: every table, report and page reads them from :data:`METRICS`."""
+
+    name: str  #: the key in ``results.json``
+    title: str  #: the column title in text, Markdown and CSV-free tables
+    latex: str  #: the column title in LaTeX
+    better: str  #: ``"higher"``, ``"lower"`` or ``"none"`` (a setting, never ranked or set in bold)
+    protocol: str  #: a key of :data:`PROTOCOLS`
+    description: str
+    decimals: int = 2
+    default: bool = False  #: shown by ``wsolbench report`` unless ``--metrics`` says otherwise
+
+    def format(self, value: float | None) -> str:
+        """``value`` with the metric's decimals; ``-`` for a missing or NaN value."""
+        return "-" if value is None or value != value else f"{value:.{self.decimals}f}"  # noqa: PLR0124
+
+
+#: the protocols of :data:`METRICS`
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("classification", "{cl_error}: classification error on the test set ({pct})."),
+        Protocol(
+            "f1",
+            "{f1_pos} / {f1_neg}: per-image Dice of the foreground / background, maps binarised at 0.5, "
+            "mean over test images (x100; the paper's protocol).",
+            "per-image Dice at threshold {threshold}, mean over images",
+        ),
+        Protocol(
+            "pxap",
+            "{pxap}: pixel average precision over the test set, fixed-bin histograms (x100).",
+            "pixel AP over the set, {bins} histogram bins",
+        ),
+        Protocol(
+            "best_threshold",
+            "{starred}: all test pixels pooled, at the threshold that maximises Dice: "
+            "a different protocol, not comparable with F1 at 0.5.",
+            "pooled over the set at the threshold maximising Dice (not comparable with F1)",
+        ),
+    )
 }
+
+#: every metric, in display order; adding one is an entry here plus its computation
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("cl_error", "Err.", "Err.", "lower", "classification", "classification error (%)", default=True),
+        Metric("f1_pos", "F1+", "F1$^+$", "higher", "f1",
+               "per-image Dice of the foreground at threshold 0.5, mean over images (x100)", default=True),
+        Metric("f1_neg", "F1-", "F1$^-$", "higher", "f1",
+               "per-image Dice of the background at threshold 0.5, mean over images (x100)", default=True),
+        Metric("pxap", "PxAP", "PxAP", "higher", "pxap",
+               "pixel average precision over the set, fixed-bin histograms (x100)", default=True),
+        Metric("dice_best", "Dice*", "Dice$^*$", "higher", "best_threshold",
+               "pooled Dice at the best threshold (x100), a different protocol from F1 at 0.5"),
+        Metric("iou_best", "IoU*", "IoU$^*$", "higher", "best_threshold",
+               "pooled IoU at the threshold of dice_best (x100)"),
+        Metric("threshold_best", "Thr.*", "$\\tau^*$", "none", "best_threshold",
+               "the threshold that maximises pooled Dice", decimals=3),
+    )
+}
+
+
+def protocol_record(threshold: float, bins: int) -> dict[str, str]:
+    """``results.json``'s ``protocol``: how the recorded metrics were computed with these settings."""
+    return {p.name: p.record.format(threshold=threshold, bins=bins) for p in PROTOCOLS.values() if p.record}
+
 
 
 def classification_error(logits_or_preds: Tensor, labels: Tensor) -> float:
