@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from wsolbench import config, engine
+from wsolbench import assembly, config, distributed, engine
 
 
 def loader_seconds_per_batch(split, cfg, device, workers: int, batches: int) -> float:
@@ -50,9 +50,9 @@ def main() -> None:
 
     cfg = config.resolve(args.method, args.dataset, args.profile, options={"data_root": args.data_root},
                          sets=args.sets)
-    device = engine.select_device(cfg.device)
-    dataset = engine.build_dataset(cfg)
-    method = engine.build_method(cfg, dataset.num_classes).to(device)
+    device = distributed.select_device(cfg.device)
+    dataset = assembly.build_dataset(cfg)
+    method = assembly.build_method(cfg, dataset.num_classes).to(device)
     optimizer = engine.make_optimizer(method, cfg)
     split = dataset.split("train")
     print(f"{args.dataset} ({args.profile}): {len(split)} training images, batch {cfg.train.batch_size}, "

@@ -98,17 +98,17 @@ def build(cfg, split=None):
     """
     import torch
 
-    from wsolbench import engine
+    from wsolbench import assembly, engine
     from wsolbench.utils import seed_everything
 
     device = torch.device(cfg.device)
-    dataset = engine.build_dataset(cfg)
+    dataset = assembly.build_dataset(cfg)
     if split is None:
         split = dataset.split("train")
         for i in range(len(split)):  # decode every image once, before the workers fork
             split[i]
     seed_everything(cfg.seed)
-    method = engine.build_method(cfg, dataset.num_classes).to(device)
+    method = assembly.build_method(cfg, dataset.num_classes).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = engine.make_optimizer(method, cfg)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.table import Table
 
-    from wsolbench import config, engine
+    from wsolbench import config, runner
     from wsolbench.console import out
     from wsolbench.plugins import registry
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 cfg = config.resolve(method, "synthetic", args.profile, sets=[*common, *sets, f"seed={seed}",
                                                                                 f"output_dir={output_dir}"])
-                result = engine.run(cfg, quiet=True)
+                result = runner.run(cfg)
                 seconds = result.run_dir.read_manifest().get("train_seconds", float("nan"))
                 per_seed.append({**result.results, "train_seconds": seconds})
                 r = per_seed[-1]

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsolbench import config, engine
+from wsolbench import assembly, config, distributed, engine
 from wsolbench.metrics import LocalizationAccumulator, histogram_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -143,7 +143,7 @@ def training(args: argparse.Namespace, cfg: config.RunConfig, device: torch.devi
     from wsolbench.utils import seed_everything
 
     seed_everything(args.seed)
-    method = engine.build_method(cfg, args.classes).to(device)
+    method = assembly.build_method(cfg, args.classes).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer = engine.make_optimizer(method, cfg)
@@ -192,7 +192,7 @@ def evaluation(args: argparse.Namespace, cfg: config.RunConfig, device: torch.de
     from wsolbench.utils import seed_everything
 
     seed_everything(args.seed)
-    method = engine.build_method(cfg, args.classes).to(device)
+    method = assembly.build_method(cfg, args.classes).to(device)
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     precision = engine.Precision.choose(device, cfg.train.amp)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = engine.select_device(args.device)
+    device = distributed.select_device(args.device)
     cuda = device.type == "cuda"
     args.batch_size = args.batch_size or (32 if cuda else 8)
     args.size = args.size or (224 if cuda else 96)

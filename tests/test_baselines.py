@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsolbench import config, engine
+from wsolbench import assembly, config, engine, runner
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Method, ModelSpec, StepOutput
 from wsolbench.models import minmax_normalize, upsample
@@ -92,9 +92,9 @@ def tiny_config(method: str, tmp_path, *extra: str) -> config.RunConfig:
 
 def test_allones_scores_f1_neg_zero_and_f1_pos_of_an_all_foreground_mask(tmp_path):
     cfg = tiny_config("allones", tmp_path)
-    result = engine.run(cfg, quiet=True)
+    result = runner.run(cfg)
     results = json.loads((result.run_dir.path / "results.json").read_text())
-    test = engine.build_dataset(cfg).split("test")
+    test = assembly.build_dataset(cfg).split("test")
     masks = [test[i]["mask"][0] >= 0.5 for i in range(len(test))]
     dice_all_foreground = [2 * m.sum().item() / (m.sum().item() + m.numel()) for m in masks]
     assert results["f1_neg"] == 0.0  # every test image has background, none of it predicted
@@ -107,8 +107,11 @@ def test_allones_scores_f1_neg_zero_and_f1_pos_of_an_all_foreground_mask(tmp_pat
 
     with out.capture() as captured:
         print_results(results, str(result.run_dir.path))
-    row = next(line for line in captured.get().splitlines() if f"{results['f1_pos']:.2f}" in line)
-    assert row.split("│")[1].strip() == "-"  # the classification error column
+    lines = captured.get().splitlines()
+    header = next(line.split("┃") for line in lines if "Err." in line)
+    row = next(line.split("│") for line in lines if f"{results['f1_pos']:.2f}" in line)
+    column = [cell.strip() for cell in header].index("Err.")
+    assert row[column].strip() == "-"  # the classification error column
 
 
 # -- U-Net ----------------------------------------------------------------------
@@ -167,7 +170,7 @@ class MaskSpy(Spy):
 @pytest.mark.parametrize("spy, gets_masks", [(Spy, False), (MaskSpy, True)])
 def test_engine_gives_training_masks_only_to_methods_that_need_them(spy, gets_masks, tmp_path):
     cfg = tiny_config("cam-avg", tmp_path)
-    dataset = engine.build_dataset(cfg)
+    dataset = assembly.build_dataset(cfg)
     device = torch.device("cpu")
     loader = engine.make_loader(dataset.split("train"), cfg, True, device)
     assert "mask" in next(iter(loader))  # the loader has masks; the engine decides who gets them

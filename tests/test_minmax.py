@@ -490,12 +490,12 @@ def test_paper_profile_and_pooling_settings_that_fit_the_chosen_pooling():
 
 
 def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
-    from wsolbench import engine
+    from wsolbench import runner
 
     sets = [f"model.pooling={_pooling()}", f"model.backbone={BACKBONE}", "train.epochs=1", "method.erase_start_epoch=0"]
     sets += [item for item in TINY[:-2] if item != "--set"]
     cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=mm"])
-    results = engine.run(cfg, quiet=True).results
+    results = runner.run(cfg).results
     assert results["method"] == "minmax" and results["method_label"] == "minmax (u=4)"
     assert 0 <= results["f1_pos"] <= 100 and 0 <= results["pxap"] <= 100 and results["n_images"] == 8
     rows = [json.loads(line) for line in (tmp_path / "mm" / "metrics.jsonl").read_text().splitlines()]

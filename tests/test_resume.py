@@ -140,7 +140,7 @@ def test_kill_between_last_row_and_checkpoint_or_before_testing(tmp_path, host, 
 
 
 def test_resume_rewrites_best_from_last_when_killed_between_them(tmp_path, host, reference):
-    from wsolbench.resume import open_run
+    from wsolbench.runner import open_run
 
     run = Path(shutil.copytree(reference, tmp_path / "copy"))
     last = torch.load(run / "last.pt", weights_only=True)
@@ -216,7 +216,7 @@ def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
 
     import numpy as np
 
-    from wsolbench.resume import rng_state, set_rng_state
+    from wsolbench.checkpoints import rng_state, set_rng_state
 
     def draw():
         return torch.rand(3).tolist(), np.random.standard_normal(3).tolist(), [random.random() for _ in range(3)]
@@ -233,7 +233,7 @@ def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
 
 
 def test_epoch_seeds_depend_on_seed_and_epoch_only():
-    from wsolbench.resume import epoch_seed
+    from wsolbench.checkpoints import epoch_seed
 
     seeds = {epoch_seed(s, e) for s in (0, 1, -1) for e in range(50)}
     assert len(seeds) == 150 and all(0 <= x < 2**64 for x in seeds)
@@ -271,7 +271,7 @@ def test_a_checkpoint_that_would_fill_the_disk_is_not_written(tmp_path, monkeypa
 
 def test_tuples_in_the_configuration_do_not_look_like_an_edited_run(tmp_path, host, reference):
     """config.json stores a tuple setting as a list; last.pt keeps the tuple."""
-    from wsolbench.resume import open_run
+    from wsolbench.runner import open_run
 
     run = Path(shutil.copytree(reference, tmp_path / "copy"))
     last = torch.load(run / "last.pt", weights_only=True)
@@ -289,7 +289,7 @@ def test_the_training_state_loads_weights_only_into_fresh_objects(tmp_path):
 
     from wsolbench.config import RunConfig
     from wsolbench.engine import make_optimizer, make_scheduler
-    from wsolbench.resume import TrainState, restore_training, training_state
+    from wsolbench.checkpoints import TrainState, restore_training, training_state
 
     class Tiny(torch.nn.Module):
         def __init__(self):

@@ -269,7 +269,8 @@ def can_resume(cell: Cell) -> bool:
     It must hold a checkpoint of a finished epoch, a resumable status, and the
     settings the cell resolves to now (a suite edited since starts afresh).
     """
-    from wsolbench.resume import RESUMABLE, as_stored_json
+    from wsolbench.checkpoints import as_stored_json
+    from wsolbench.runner import RESUMABLE
 
     try:
         if runs.read_json(cell.run_dir / runs.MANIFEST).get("status") not in RESUMABLE:

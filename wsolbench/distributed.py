@@ -39,7 +39,10 @@ Files
     Only rank 0 writes the run directory (its path is broadcast to the others),
     prints progress and results, and loads checkpoints; model states reach the
     other processes by broadcast, so the run directory need not be on a shared
-    file system (except to resume a run: see :func:`wsolbench.engine.resume`).
+    file system (except to resume a run: see :func:`wsolbench.runner.resume`).
+
+This module holds the process-group primitives; the run's use of them is in
+:mod:`wsolbench.runner`.
 """
 
 from __future__ import annotations
@@ -48,10 +51,18 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
 from wsolbench.errors import UserError
+from wsolbench.interfaces import Method
+from wsolbench.utils import seed_everything
 
 
 class DistributedError(UserError):
@@ -77,16 +88,12 @@ class Context:
     # -- collectives (no-ops in a single process) ---------------------------------
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every process (any picklable object)."""
         if not self.active:
             return obj
-        import torch.distributed as dist
-
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -95,8 +102,6 @@ class Context:
         """Every process's ``obj``, in rank order, on every process."""
         if not self.active:
             return [obj]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
@@ -115,9 +120,6 @@ class Context:
         """Give every process rank 0's parameters and buffers."""
         if not self.active:
             return
-        import torch
-        import torch.distributed as dist
-
         with torch.no_grad():
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
@@ -128,8 +130,6 @@ class Context:
         if not self.active:
             return {"batch_size": batch_size, "shuffle": train, "drop_last": train and size > batch_size}
         if train:
-            from torch.utils.data import DistributedSampler
-
             sampler = DistributedSampler(
                 range(size), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed
             )
@@ -140,10 +140,6 @@ class Context:
         """Reshuffle the training shards and seed this process's augmentations for ``epoch``."""
         if not self.active:
             return
-        import numpy as np
-
-        from wsolbench.utils import seed_everything
-
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -160,8 +156,6 @@ class Context:
         on the CPU, also in a single process, so that the metrics computed from
         it are the same numbers whatever the number of processes.
         """
-        import torch
-
         def cpu(t: Any) -> Any:
             return t.detach().cpu() if t is not None else None
 
@@ -204,13 +198,18 @@ def from_environment(environ: dict[str, str] | None = None) -> Context:
     return Context(world, rank, local)
 
 
+def select_device(name: str) -> torch.device:
+    """The device a single process uses for ``--device name`` (``auto``: CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
 def device_for(ctx: Context, name: str) -> Any:
     """The device of this process: ``auto``/``cuda`` become the GPU of ``LOCAL_RANK`` when distributed."""
-    import torch
-
     if not ctx.active or name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        from wsolbench.engine import select_device
-
         return select_device(name)
     if name not in ("auto", "cuda"):
         raise DistributedError(
@@ -236,9 +235,6 @@ def session(device_name: str) -> Iterator[tuple[Context, Any]]:
     if not ctx.active:
         yield ctx, device_for(ctx, device_name)
         return
-    import torch
-    import torch.distributed as dist
-
     if not dist.is_available():
         raise DistributedError("this PyTorch build has no torch.distributed; run a single process")
     device = device_for(ctx, device_name)
@@ -267,34 +263,25 @@ def session(device_name: str) -> Iterator[tuple[Context, Any]]:
 
 # -- training -----------------------------------------------------------------------
 def overrides_training_step(method: Any) -> bool:
-    from wsolbench.interfaces import Method
-
     return type(method).training_step is not Method.training_step
 
 
 def prepare_model(method: Any, ctx: Context, device: Any) -> Any:
     """SyncBatchNorm on CUDA for methods with the default training step (see the module docstring)."""
     if ctx.active and device.type == "cuda" and not overrides_training_step(method):
-        import torch
-
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     return method
 
 
-def _runner() -> Any:
-    from torch import nn
+class _Holder(nn.Module):
+    """Holds the method so that DDP sees its parameters; runs a given function as its forward."""
 
-    class Runner(nn.Module):
-        """Holds the method so that DDP sees its parameters; runs a given function as its forward."""
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
 
-        def __init__(self, method: nn.Module):
-            super().__init__()
-            self.method = method
-
-        def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
-            return fn(*args)
-
-    return Runner
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
 
 
 def _zero_loss(method: Any) -> Any:
@@ -311,11 +298,9 @@ def training_step(method: Any, ctx: Context, device: Any) -> TrainStep:
     """``step(batch, backward) -> StepOutput``: the method's step, with gradients averaged when distributed."""
     if not ctx.active:
         return method.training_step
-    from torch.nn.parallel import DistributedDataParallel
-
     several_backwards = overrides_training_step(method)
     ddp = DistributedDataParallel(
-        _runner()(method),
+        _Holder(method),
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=several_backwards,
     )
@@ -347,53 +332,3 @@ def training_step(method: Any, ctx: Context, device: Any) -> TrainStep:
         return out
 
     return one_backward
-
-
-# -- the run directory on the other processes -------------------------------------------
-class FollowerRunDir:
-    """The run directory as processes other than rank 0 see it: its path; rank 0 writes."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def _skip(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    append_metrics = save_checkpoint = update_manifest = write_histograms = _skip
-    write_per_image = write_results = release = _skip
-
-
-def follower_point(path: str | os.PathLike, with_checkpoint: bool = True) -> Any:
-    """What a process other than rank 0 needs to resume the run in ``path``: its configuration and ``last.pt``."""
-    from wsolbench import runs
-    from wsolbench.config import RunConfig
-    from wsolbench.resume import ResumePoint
-    from wsolbench.utils import read_json
-
-    run_dir = FollowerRunDir(path)
-    try:
-        cfg = RunConfig.from_dict(read_json(run_dir.path / runs.CONFIG))
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise DistributedError(f"cannot read the configuration of {path}: {exc}") from exc
-    checkpoint = None
-    if with_checkpoint and (run_dir.path / runs.LAST).exists():
-        checkpoint = runs.RunDir(path).load_checkpoint(runs.LAST)
-    return ResumePoint(run_dir, cfg, checkpoint, previous_status="")
-
-
-def run_dir_for(ctx: Context, create: Callable[[], Any]) -> Any:
-    """Rank 0 creates the run directory (``create()``); every process gets it, the others as a follower."""
-    if not ctx.active:
-        return create()
-    if ctx.is_main:
-        try:
-            run_dir = create()
-        except BaseException as exc:
-            ctx.broadcast((None, f"{type(exc).__name__}: {exc}"))
-            raise
-        ctx.broadcast((str(run_dir.path), None))
-        return run_dir
-    path, failure = ctx.broadcast(None)
-    if failure is not None:
-        raise DistributedError(f"rank 0 could not create the run directory: {failure}")
-    return FollowerRunDir(path)

@@ -1,16 +1,15 @@
-"""Training and evaluation: train one epoch, validate, select, evaluate on test.
+"""The loops: train one epoch, evaluate a split, score a batch.
 
-One run: configuration -> dataset plug-in -> method plug-in -> training with
-model selection on the validation classification error -> evaluation of the
-best model on the test split -> metrics -> run directory.
+They report their progress as :class:`Event` values to a listener (a
+progress display, a logger) and draw nothing themselves. A whole run (build,
+resume, model selection, checkpoints, run files) is :mod:`wsolbench.runner`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,65 +17,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsolbench import RUN_SCHEMA_VERSION, distributed
 from wsolbench.config import RunConfig
-from wsolbench.data import check_split_labels, eval_collate, seed_worker, train_collate
+from wsolbench.data import eval_collate, seed_worker, train_collate
 from wsolbench.distributed import SINGLE, Context, TrainStep
-from wsolbench.errors import CheckpointError, DataError, RunInterrupted, TrainingDivergedError, UserError
-from wsolbench.extras import TestExtras
-from wsolbench.interfaces import Dataset, Method, ModelSpec
+from wsolbench.errors import DataError, TrainingDivergedError, UserError
+from wsolbench.interfaces import Method
 from wsolbench.metrics import LocalizationAccumulator, classification_error
-from wsolbench.plugins import get_host, registry
-from wsolbench.resume import ResumePoint, TrainState, check_checkpoint, epoch_seed, restore_training, training_state
-from wsolbench.utils import seed_everything
+from wsolbench.outputs import Evaluation
 
 
-# -- building -------------------------------------------------------------------
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
-    return torch.device(name)
+# -- events ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    """Something a loop or a run reports as it goes; see :data:`EVENTS` for the kinds."""
+
+    kind: str  #: a key of :data:`EVENTS`
+    phase: str = ""  #: ``train``, ``valid``, or the split being scored
+    epoch: int = -1
+    total: int = 0  #: epochs (``training_started``) or batches (``phase_started``)
+    logs: dict[str, Any] = field(default_factory=dict)  #: the epoch's row (``epoch_ended``)
 
 
-def build_dataset(cfg: RunConfig) -> Dataset:
-    cls = registry("dataset").resolve(cfg.dataset)
-    if getattr(cls, "needs_root", True):
-        from pathlib import Path
+#: the kinds of :class:`Event`, in the order a run sends them
+EVENTS = {
+    "training_started": "training starts at ``epoch`` (0, or the epoch a resumed run continues from) of ``total``",
+    "phase_started": "a pass over ``phase`` (``train``, ``valid``, ``test`` or another split) of ``total`` batches",
+    "step": "one batch of the current phase is done",
+    "epoch_ended": "``epoch`` is done; ``logs`` is its metrics row, with ``improved`` (a new best model)",
+    "stopped_early": "no better validation error for ``logs['stale']`` epochs (``train.patience``): training stops",
+}
 
-        root = cfg.data_root
-        hint = f"Expected layout:\n{cls.layout}\n" if getattr(cls, "layout", "") else ""
-        where = f"Get the data from {cls.homepage}. " if getattr(cls, "homepage", "") else ""
-        if not root:
-            raise DataError(f"dataset {cfg.dataset!r} needs --data-root PATH. {hint}{where}".strip())
-        if not Path(root).is_dir():
-            raise DataError(f"data root {root} for dataset {cfg.dataset!r} does not exist. {hint}{where}".strip())
-    return registry("dataset").create(cfg.dataset, root=cfg.data_root, seed=cfg.seed, **cfg.dataset_params)
+#: receives the events (``None`` where nobody listens)
+Listener = Callable[[Event], None]
 
 
-def model_spec(cfg: RunConfig) -> ModelSpec:
-    return ModelSpec(
-        backbone=cfg.model.backbone,
-        pretrained=cfg.model.pretrained,
-        pooling=cfg.model.pooling,
-        pooling_params=dict(cfg.pooling_params),
-        output_stride=cfg.model.output_stride,
-        backbone_params=dict(cfg.model.backbone_params),
-    )
+def _tell(listener: Listener | None, kind: str, **fields: Any) -> None:
+    if listener is not None:
+        listener(Event(kind, **fields))
 
 
-def build_method(cfg: RunConfig, num_classes: int) -> Method:
-    return registry("method").create(cfg.method, num_classes=num_classes, model=model_spec(cfg), **cfg.method_params)
-
-
-def method_label(cfg: RunConfig) -> str:
-    if cfg.label:
-        return cfg.label
-    cls = registry("method").resolve(cfg.method)
-    return cls.label(cfg.method, {**cls.defaults, **cfg.method_params}) if hasattr(cls, "label") else cfg.method
-
-
+# -- batches --------------------------------------------------------------------
 def make_loader(
     split: torch.utils.data.Dataset,
     cfg: RunConfig,
@@ -186,7 +166,7 @@ def train_one_epoch(
     precision: Precision,
     cfg: RunConfig,
     epoch: int,
-    on_step: Callable[[], None] | None = None,
+    listener: Listener | None = None,
     step_fn: TrainStep | None = None,
     dist: Context = SINGLE,
 ) -> dict[str, float]:
@@ -194,7 +174,8 @@ def train_one_epoch(
 
     ``step_fn(batch, backward)`` replaces ``method.training_step`` (under DDP,
     see :func:`wsolbench.distributed.training_step`); the returned figures are
-    over all processes of ``dist``.
+    over all processes of ``dist``. ``listener`` hears ``phase_started`` and a
+    ``step`` per batch.
     """
     device = precision.device
     step_fn = step_fn or method.training_step
@@ -210,6 +191,8 @@ def train_one_epoch(
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bad_loss = torch.zeros((), device=device)
     scaler = precision.scaler
+    if listener is not None:
+        listener(Event("phase_started", phase="train", epoch=epoch, total=len(loader)))
 
     def backward(loss: Tensor) -> None:
         if scaler is not None:
@@ -249,8 +232,7 @@ def train_one_epoch(
                 continue
             v = v.detach().double() if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float64)
             extra[k] = extra.get(k, torch.zeros((), dtype=torch.float64, device=v.device)) + v * n
-        if on_step is not None:
-            on_step()
+        _tell(listener, "step")
     diverged(bad_step, bad_loss, epoch)
     sums = dist.sum({"loss": total_loss.item(), "wrong": wrong.item(), "seen": seen,
                      **{f"train_{k}": v.item() for k, v in extra.items()}})
@@ -263,20 +245,6 @@ def train_one_epoch(
     return logs
 
 
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    per_image: list[dict[str, Any]] = field(default_factory=list)
-    accumulator: LocalizationAccumulator | None = None
-
-
-def _iterate(loader: Any, on_step: Callable[[], None] | None) -> Iterator[Any]:
-    for batch in loader:
-        yield batch
-        if on_step is not None:
-            on_step()
-
-
 def evaluate(
     method: Method,
     loader: torch.utils.data.DataLoader,
@@ -284,16 +252,18 @@ def evaluate(
     cfg: RunConfig,
     localization: bool = True,
     ids: list[str] | None = None,
-    on_step: Callable[[], None] | None = None,
+    listener: Listener | None = None,
     on_map: Callable[[int, Tensor, Tensor], None] | None = None,
     dist: Context = SINGLE,
+    phase: str = "test",
 ) -> Evaluation:
     """Classification error and loss; with ``localization`` also F1+/F1-/PxAP and per-image rows.
 
     Scores stay on the device until the end; images of a batch that share a
     size are scored together. ``on_map(index, map, mask)`` sees each test
     image's map as it is scored (in [0, 1], at the mask's size): CRF scoring and
-    pictures use it. With ``dist``, ``loader`` holds this process's share and the
+    pictures use it. ``listener`` hears ``phase_started`` (``phase``) and a
+    ``step`` per batch. With ``dist``, ``loader`` holds this process's share and the
     result covers every process's images, in order (see :mod:`wsolbench.distributed`).
     """
     device = precision.device
@@ -301,7 +271,9 @@ def evaluate(
     acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
     indices, all_logits, all_labels = [], [], []
     grad = localization and method.needs_grad_at_inference
-    for batch in _iterate(loader, on_step):
+    if listener is not None:
+        listener(Event("phase_started", phase=phase, total=len(loader)))
+    for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         if cfg.train.channels_last:
@@ -314,13 +286,13 @@ def evaluate(
         all_logits.append(logits.detach().float())
         all_labels.append(labels)
         indices.append(batch["index"])
-        if maps is None:
-            continue
-        maps = maps.detach().float()
-        if not bool(torch.isfinite(maps).all()):
-            bad = [int(i) for i in batch["index"][~torch.isfinite(maps.cpu()).flatten(1).all(1)]]
-            raise UserError(f"method {cfg.method!r} produced NaN or infinite maps for test items {bad}")
-        _score_batch(acc, maps, batch, device, on_map)
+        if maps is not None:
+            maps = maps.detach().float()
+            if not bool(torch.isfinite(maps).all()):
+                bad = [int(i) for i in batch["index"][~torch.isfinite(maps.cpu()).flatten(1).all(1)]]
+                raise UserError(f"method {cfg.method!r} produced NaN or infinite maps for test items {bad}")
+            _score_batch(acc, maps, batch, device, on_map)
+        _tell(listener, "step")
     per_image = {"logits": _cat(all_logits), "label": _cat(all_labels)}
     totals = {}
     if localization:
@@ -377,332 +349,4 @@ def _score_batch(
                 on_map(int(batch["index"][start + j]), m[j], masks[j])
         start = end
 
-
-# -- checkpoints ----------------------------------------------------------------
-def checkpoint_state(method: Method, cfg: RunConfig, epoch: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "method": cfg.method,
-        "config": cfg.to_dict(),
-        "epoch": epoch,
-        "model": method.state_dict(),
-        **extra,
-    }
-
-
-def load_model_state(method: Method, state: dict[str, Any], cfg: RunConfig) -> None:
-    check_checkpoint(state, cfg)
-    try:
-        method.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"the checkpoint does not fit the model of method {cfg.method!r} with backbone "
-            f"{cfg.model.backbone!r}: {str(exc).splitlines()[0]}"
-        ) from exc
-
-
-# -- one run --------------------------------------------------------------------
-def new_progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from wsolbench.console import err
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err,
-        transient=False,
-    )
-
-
-@dataclass
-class RunResult:
-    run_dir: Any
-    results: dict[str, Any]
-    config: RunConfig
-
-
-def run(
-    cfg: RunConfig, argv: list[str] | None = None, quiet: bool = False, resume_from: ResumePoint | None = None
-) -> RunResult:
-    """Train (unless the method has nothing to train), select on validation, evaluate on test.
-
-    ``resume_from`` (see :func:`resume`) continues that run directory from its
-    ``last.pt`` instead of creating a new one. Started by torchrun, the run is
-    shared by its processes (see :mod:`wsolbench.distributed`).
-    """
-    with distributed.session(cfg.device) as (dist, device):
-        return _run(cfg, dist, device, argv, quiet or not dist.is_main, resume_from)
-
-
-def _run(
-    cfg: RunConfig, dist: Context, device: torch.device, argv: list[str] | None, quiet: bool,
-    resume_from: ResumePoint | None,
-) -> RunResult:
-    seed_everything(cfg.seed)
-    dataset = build_dataset(cfg)
-    check_split_labels(dataset, cfg.dataset)
-    method = distributed.prepare_model(build_method(cfg, dataset.num_classes).to(device), dist, device)
-    if cfg.train.channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    train_split, valid_split, test_split = (dataset.split(s) for s in ("train", "valid", "test"))
-    if resume_from is None:
-        run_dir, checkpoint = distributed.run_dir_for(dist, lambda: _create_run_dir(cfg, device, argv, dist)), None
-    else:
-        run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
-        if dist.is_main:
-            resume_from.mark_running(argv)
-    try:
-        results = _train_and_test(
-            cfg, dataset, method, device, (train_split, valid_split, test_split), run_dir, quiet, checkpoint, dist
-        )
-    except KeyboardInterrupt as exc:
-        _mark_stopped(run_dir, "interrupted", str(exc) or "interrupted by the user (Ctrl-C)", dist.is_main)
-        if dist.is_main:  # the user has been told how to continue: the command line adds nothing
-            raise RunInterrupted(str(exc)) from exc
-        raise
-    except BaseException as exc:
-        _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}", dist.is_main)
-        raise
-    run_dir.release()
-    return RunResult(run_dir, results, cfg)
-
-
-def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None, dist: Context = SINGLE) -> Any:
-    from wsolbench import runs
-
-    runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
-    name = cfg.run_name or runs.RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
-    run_dir = runs.RunDir.create(cfg.output_dir, name)
-    config_dict = cfg.to_dict()
-    run_dir.write_config(config_dict)
-    manifest = runs.new_manifest(config_dict, str(device), argv)
-    manifest["method_label"] = method_label(cfg)
-    if dist.active:
-        manifest["processes"] = dist.world_size
-    run_dir.write_manifest(manifest)
-    return run_dir
-
-
-def resume(path: str, argv: list[str] | None = None, quiet: bool = False) -> RunResult:
-    """Continue the killed, interrupted or failed run in ``path`` with its own configuration.
-
-    Under torchrun, rank 0 checks, locks and repairs the run directory; the
-    other processes read its configuration and ``last.pt`` (so they must see
-    the directory too: same machine or a shared file system).
-    """
-    from wsolbench.resume import open_run
-
-    if not distributed.from_environment().active:
-        point = open_run(path)
-        try:
-            return run(point.config, argv, quiet, resume_from=point)
-        finally:
-            point.run_dir.release()
-    try:
-        device = distributed.follower_point(path, with_checkpoint=False).config.device
-    except UserError:
-        device = "auto"  # rank 0's open_run says what is wrong with the directory
-    with distributed.session(device) as (dist, _):
-        point = None
-        if dist.is_main:
-            try:
-                point = open_run(path)
-            except BaseException as exc:
-                dist.broadcast(f"{type(exc).__name__}: {exc}")
-                raise
-            dist.broadcast(None)
-        else:
-            failure = dist.broadcast(None)
-            if failure is not None:
-                raise distributed.DistributedError(f"rank 0 could not resume {path}: {failure}")
-            point = distributed.follower_point(path)
-        try:
-            return run(point.config, argv, quiet, resume_from=point)
-        finally:
-            point.run_dir.release()
-
-
-def _mark_stopped(run_dir: Any, status: str, reason: str, tell: bool = True) -> None:
-    """Record why the run stopped, keep its files, release its lock; never masks the original error."""
-    from wsolbench import runs
-
-    with contextlib.suppress(Exception):
-        run_dir.update_manifest(status=status, finished=runs.now(), error=reason)
-    run_dir.release()
-    if status == "interrupted" and tell:
-        from wsolbench.console import err
-
-        err.print(f"{reason}; finished epochs are kept. Continue with: wsolbench run --resume {run_dir.path}",
-                  soft_wrap=True)
-
-
-def _train_and_test(
-    cfg: RunConfig,
-    dataset: Dataset,
-    method: Method,
-    device: torch.device,
-    splits: tuple[Any, Any, Any],
-    run_dir: Any,
-    quiet: bool,
-    checkpoint: dict[str, Any] | None = None,
-    dist: Context = SINGLE,
-) -> dict[str, Any]:
-    from wsolbench import runs
-    from wsolbench.console import err
-
-    train_split, valid_split, test_split = splits
-    precision = Precision.choose(device, cfg.train.amp)
-    train_loader = make_loader(train_split, cfg, True, device, dist=dist)
-    valid_loader = make_loader(valid_split, cfg, False, device, seed_offset=1, dist=dist)
-    test_loader = make_loader(test_split, cfg, False, device, seed_offset=2, dist=dist)
-    state = TrainState()
-    reserve = cfg.train.min_free_mb
-    epochs = cfg.train.epochs if method.trainable else 0
-    progress = new_progress() if not quiet else None
-    ctx = progress if progress is not None else contextlib.nullcontext()
-    with ctx:
-        if epochs > 0:
-            optimizer = make_optimizer(method, cfg)
-            scheduler = make_scheduler(optimizer, cfg)
-            if checkpoint is not None:
-                load_model_state(method, checkpoint, cfg)
-                state = restore_training(checkpoint, optimizer, scheduler, precision.scaler)
-            step_fn = distributed.training_step(method, dist, device)
-            epoch_task = (
-                progress.add_task("epochs", total=epochs, completed=state.next_epoch, info="") if progress else None
-            )
-            batch_task = progress.add_task("train", total=len(train_loader), info="") if progress else None
-            for epoch in range(state.next_epoch, epochs):
-                if state.stopped_early(cfg.train.patience):  # a run resumed after its early stop
-                    break
-                t0 = time.perf_counter()
-                train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
-                dist.start_epoch(train_loader, cfg.seed, epoch)
-                if progress:
-                    progress.reset(batch_task, total=len(train_loader), description=f"train {epoch + 1}/{epochs}")
-                step = (lambda: progress.advance(batch_task)) if progress else None
-                logs = train_one_epoch(method, train_loader, optimizer, precision, cfg, epoch, step, step_fn, dist)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                state.train_seconds += time.perf_counter() - t0
-                row: dict[str, Any] = {"epoch": epoch, "lr": lr, **logs}
-                improved = False
-                if (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1:
-                    t1 = time.perf_counter()
-                    if progress:
-                        progress.reset(batch_task, total=len(valid_loader), description="valid")
-                    val = evaluate(method, valid_loader, precision, cfg, localization=False, on_step=step, dist=dist)
-                    state.valid_seconds += time.perf_counter() - t1
-                    row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
-                    key = (val.metrics["cl_error"], val.metrics["loss"])
-                    improved = key < (state.best["cl_error"], state.best["loss"])
-                    if improved:
-                        state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
-                state.stale = 0 if improved else state.stale + 1
-                row["best_epoch"] = state.best["epoch"]
-                row["seconds"] = round(time.perf_counter() - t0, 3)
-                state.next_epoch = epoch + 1
-                # this order keeps the files consistent whenever a kill falls (see wsolbench.resume)
-                run_dir.append_metrics(row)
-                run_dir.save_checkpoint(
-                    runs.LAST,
-                    checkpoint_state(
-                        method, cfg, epoch, **training_state(optimizer, scheduler, precision.scaler, state)
-                    ),
-                    reserve_mb=reserve,
-                )
-                if improved:
-                    run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, epoch), reserve_mb=reserve)
-                run_dir.update_manifest(train_seconds=round(state.train_seconds, 3),
-                                        valid_seconds=round(state.valid_seconds, 3), epochs_done=epoch + 1)
-                info = (
-                    f"loss {logs['train_loss']:.4f}  valid err {row.get('valid_error', float('nan')):.2f}%"
-                    + ("  *" if improved else "")
-                )
-                if progress:
-                    progress.update(epoch_task, advance=1, info=info)
-                if state.stopped_early(cfg.train.patience):
-                    if not quiet:
-                        err.print(
-                            f"early stop at epoch {epoch + 1}: no better validation error for {state.stale} epochs"
-                        )
-                    break
-            if dist.is_main:
-                load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
-            dist.broadcast_module(method)
-        else:
-            run_dir.save_checkpoint(runs.BEST, checkpoint_state(method, cfg, -1), reserve_mb=reserve)
-        t2 = time.perf_counter()
-        if progress:
-            task = progress.add_task("test", total=len(test_loader), info="")
-            step = lambda: progress.advance(task)  # noqa: E731
-        else:
-            step = None
-        ids = getattr(test_split, "ids", None)
-        extras = TestExtras(cfg, dataset, test_split)
-        test = evaluate(
-            method, test_loader, precision, cfg, localization=True, ids=ids, on_step=step, on_map=extras.update,
-            dist=dist,
-        )
-        extras.gather(dist)
-        eval_seconds = time.perf_counter() - t2
-    results = test_results(
-        cfg, test.metrics, classifies=method.classifies, best_epoch=state.best["epoch"],
-        valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
-    )
-    if test.accumulator is not None and test.accumulator.hist_fg is not None:
-        run_dir.write_histograms(fg=test.accumulator.hist_fg.cpu().numpy(), bg=test.accumulator.hist_bg.cpu().numpy())
-    results.update(extras.finish(run_dir.path if dist.is_main else None, test))
-    run_dir.write_per_image(test.per_image)
-    run_dir.write_results(results)
-    run_dir.update_manifest(
-        status="completed",
-        finished=runs.now(),
-        train_seconds=round(state.train_seconds, 3),
-        valid_seconds=round(state.valid_seconds, 3),
-        eval_seconds=round(eval_seconds, 3),
-        peak_memory_mb=runs.peak_memory_mb(device),
-        best_epoch=state.best["epoch"],
-    )
-    return results
-
-
-def test_results(cfg: RunConfig, metrics: dict[str, Any], classifies: bool = True, **fields: Any) -> dict[str, Any]:
-    """``results.json``: the run's identity, ``fields``, the test metrics and the protocol.
-
-    ``cl_error`` is null for methods that make no class prediction (``classifies = False``).
-    """
-    return {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "method": cfg.method,
-        "method_label": method_label(cfg),
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "profile": cfg.profile,
-        "provided_by": get_host().provenance(
-            method=cfg.method,
-            pooling=cfg.model.pooling or registry("method").resolve(cfg.method).default_pooling,
-            dataset=cfg.dataset,
-        ),
-        **fields,
-        **{k: v for k, v in metrics.items() if k != "loss"},
-        **({} if classifies else {"cl_error": None}),
-        "protocol": {
-            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
-            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
-            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
-        },
-    }
 

@@ -14,7 +14,7 @@ results and directory:
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsolbench import crf, plots
 from wsolbench.metrics import LocalizationAccumulator
 from wsolbench.runs import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
 
@@ -60,8 +61,6 @@ class TestExtras:
         self.pictures = cfg.eval.pictures
         self.crf_params = None
         if cfg.eval.crf:
-            from wsolbench import crf
-
             crf.require_pydensecrf()
             self.crf_params = crf.params_for(dataset, cfg.eval.crf_params)
             self.crf_acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
@@ -77,17 +76,13 @@ class TestExtras:
         prob_np = prob.detach().float().cpu().numpy()
         refined = None
         if self.crf_params is not None:
-            from wsolbench.crf import refine
-
-            refined = refine(prob_np, image, self.crf_params)
+            refined = crf.refine(prob_np, image, self.crf_params)
             self.crf_acc.update(torch.from_numpy(refined), mask.detach().cpu())
             self.crf_index.append(index)
         if picture:
-            from wsolbench.plots import Sample
-
             name = self.ids[index] if self.ids else str(index)
             truth = mask.detach().cpu().numpy().reshape(prob_np.shape) >= 0.5
-            self.samples.append((index, Sample(name, image, truth, prob_np, refined)))
+            self.samples.append((index, plots.Sample(name, image, truth, prob_np, refined)))
 
     def gather(self, ctx: Any) -> None:
         """Bring together what every process saw (``ctx``: a :class:`wsolbench.distributed.Context`), in image order."""
@@ -103,32 +98,25 @@ class TestExtras:
             self.crf_index = index.tolist()
         self.samples = sorted((s for part in ctx.gather(self.samples) for s in part), key=lambda s: s[0])
 
-    def finish(self, run_path: str | Path | None, test: Any) -> dict[str, Any]:
-        """Add CRF columns to ``test.per_image`` and, in ``run_path`` (unless None), write the
+    def finish(self, target: RunDir | None, test: Any) -> dict[str, Any]:
+        """Add CRF columns to ``test.per_image`` and, in ``target`` (unless None), write the
         CRF histograms and the pictures; returns the results to add."""
-        import dataclasses
-
         out: dict[str, Any] = {}
         if self.crf_params is not None:
             out["crf"] = {**self.crf_acc.compute(), "params": dataclasses.asdict(self.crf_params)}
             scores = zip(_cat(self.crf_acc.f1_pos).tolist(), _cat(self.crf_acc.f1_neg).tolist())
             for row, (pos, neg) in zip(test.per_image, (s for _, s in sorted(zip(self.crf_index, scores)))):
                 row["crf_f1_pos"], row["crf_f1_neg"] = round(pos, 4), round(neg, 4)
-        if run_path is None:
+        if target is None:
             return out
-        run_path = Path(run_path)
         if self.crf_params is not None and self.crf_acc.hist_fg is not None:
-            RunDir(run_path).write_histograms(
-                CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy()
-            )
+            target.write_histograms(CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy())
         if self.samples:
-            from wsolbench import plots
-
-            plots.draw_overlays([s for _, s in self.samples], run_path / OVERLAYS, self.threshold)
+            plots.draw_overlays([s for _, s in self.samples], target.path / OVERLAYS, self.threshold)
             acc = test.accumulator
             if acc is not None and acc.hist_fg is not None:
                 curves = [plots.Curve("maps", acc.hist_fg.cpu().numpy(), acc.hist_bg.cpu().numpy())]
                 if self.crf_params is not None:
                     curves.append(plots.Curve("CRF", self.crf_acc.hist_fg.numpy(), self.crf_acc.hist_bg.numpy()))
-                plots.draw_pr_curves(curves, (run_path / PR_CURVE).with_suffix(""), threshold=self.threshold)
+                plots.draw_pr_curves(curves, (target.path / PR_CURVE).with_suffix(""), threshold=self.threshold)
         return out

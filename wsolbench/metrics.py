@@ -37,7 +37,7 @@ class Protocol:
     """How a group of metrics is computed: recorded in ``results.json`` and noted under report tables."""
 
     name: str  #: the key in ``results.json``'s ``protocol`` (when ``record`` is set)
-    note: str  #: the report's sentence; ``{<metric>}`` placeholders become column titles
+    note: str  #: the report's sentence; ``{metrics}`` becomes the titles of the reported metrics, ``{pct}`` a percent sign
     record: str = ""  #: ``results.json``'s text; ``{threshold}`` and ``{bins}`` are the run's settings
 
 
@@ -63,21 +63,21 @@ class Metric:
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
-        Protocol("classification", "{cl_error}: classification error on the test set ({pct})."),
+        Protocol("classification", "{metrics}: classification error on the test set ({pct})."),
         Protocol(
             "f1",
-            "{f1_pos} / {f1_neg}: per-image Dice of the foreground / background, maps binarised at 0.5, "
+            "{metrics}: per-image Dice of the foreground / background, maps binarised at 0.5, "
             "mean over test images (x100; the paper's protocol).",
             "per-image Dice at threshold {threshold}, mean over images",
         ),
         Protocol(
             "pxap",
-            "{pxap}: pixel average precision over the test set, fixed-bin histograms (x100).",
+            "{metrics}: pixel average precision over the test set, fixed-bin histograms (x100).",
             "pixel AP over the set, {bins} histogram bins",
         ),
         Protocol(
             "best_threshold",
-            "{starred}: all test pixels pooled, at the threshold that maximises Dice: "
+            "{metrics}: all test pixels pooled, at the threshold that maximises Dice: "
             "a different protocol, not comparable with F1 at 0.5.",
             "pooled over the set at the threshold maximising Dice (not comparable with F1)",
         ),

@@ -34,38 +34,19 @@ import pandas as pd
 
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
+from wsolbench.metrics import METRICS, PROTOCOLS
 from wsolbench.runs import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS
 from wsolbench.utils import read_json
 
 CRF_SUFFIX = " + CRF"
 
-#: every metric a report can show, in display order
-METRICS = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best")
-DEFAULT_METRICS = ("cl_error", "f1_pos", "f1_neg", "pxap")
-LOWER_IS_BETTER = frozenset({"cl_error"})
-NOT_RANKED = frozenset({"threshold_best"})
-DECIMALS = {"threshold_best": 3}
+#: the metrics ``wsolbench report`` shows unless ``--metrics`` says otherwise
+DEFAULT_METRICS = tuple(name for name, metric in METRICS.items() if metric.default)
 FORMATS = ("table", "csv", "latex", "markdown")
 
-#: column titles: (plain text, LaTeX)
-TITLES = {
-    "cl_error": ("Err.", "Err."),
-    "f1_pos": ("F1+", "F1$^+$"),
-    "f1_neg": ("F1-", "F1$^-$"),
-    "pxap": ("PxAP", "PxAP"),
-    "dice_best": ("Dice*", "Dice$^*$"),
-    "iou_best": ("IoU*", "IoU$^*$"),
-    "threshold_best": ("Thr.*", "$\\tau^*$"),
-}
-#: what each column means; {name} is the metric's title
-NOTES = {
-    "cl_error": "{cl_error}: classification error on the test set ({pct}).",
-    "f1": "{f1_pos} / {f1_neg}: per-image Dice of the foreground / background, maps binarised at 0.5, "
-    "mean over test images (x100; the paper's protocol).",
-    "pxap": "{pxap}: pixel average precision over the test set, fixed-bin histograms (x100).",
-    "best": "{starred}: all test pixels pooled, at the threshold that maximises Dice: "
-    "a different protocol, not comparable with F1 at 0.5.",
-}
+
+def column_title(metric: str, latex: bool = False) -> str:
+    return METRICS[metric].latex if latex else METRICS[metric].title
 
 
 # -- reading runs ---------------------------------------------------------------
@@ -233,12 +214,13 @@ def summarize(
 
 def _best(summary: pd.DataFrame, metric: str, dataset: str) -> set[str]:
     """Labels with the best displayed mean of ``metric`` on ``dataset``."""
-    if metric in NOT_RANKED:
+    facts = METRICS[metric]
+    if facts.better == "none":
         return set()
-    means = summary.xs(dataset, level="dataset")[f"{metric}_mean"].round(DECIMALS.get(metric, 2)).dropna()
+    means = summary.xs(dataset, level="dataset")[f"{metric}_mean"].round(facts.decimals).dropna()
     if means.empty:
         return set()
-    target = means.min() if metric in LOWER_IS_BETTER else means.max()
+    target = means.min() if facts.better == "lower" else means.max()
     return set(means.index[means == target])
 
 
@@ -259,7 +241,7 @@ def cells(summary: pd.DataFrame, pm: str = "±") -> Cells:
     best: dict[str, set[tuple[str, str]]] = {r: set() for r in rows}
     for dataset, metric in columns:
         winners = _best(summary, metric, dataset)
-        digits = DECIMALS.get(metric, 2)
+        digits = METRICS[metric].decimals
         for label in rows:
             key = (label, dataset)
             if key not in summary.index or pd.isna(summary.at[key, f"{metric}_mean"]):
@@ -276,20 +258,12 @@ def cells(summary: pd.DataFrame, pm: str = "±") -> Cells:
 def notes(summary: pd.DataFrame, latex: bool = False, bold: str = "in bold") -> list[str]:
     """What the columns mean, how cells are computed and where seed counts differ."""
     metrics = summary.attrs["metrics"]
-    titles = {m: TITLES[m][1 if latex else 0] for m in METRICS}
-    starred = [titles[m] for m in ("dice_best", "iou_best", "threshold_best") if m in metrics]
-    titles["starred"] = ", ".join(starred)
-    titles["pct"] = "\\%" if latex else "%"
-    name = latex_escape if latex else str
     lines = []
-    if "cl_error" in metrics:
-        lines.append(NOTES["cl_error"].format(**titles))
-    if {"f1_pos", "f1_neg"} & set(metrics):
-        lines.append(NOTES["f1"].format(**titles))
-    if "pxap" in metrics:
-        lines.append(NOTES["pxap"].format(**titles))
-    if starred:
-        lines.append(NOTES["best"].format(**titles))
+    for protocol in PROTOCOLS.values():
+        shown = [column_title(m, latex) for m in metrics if METRICS[m].protocol == protocol.name]
+        if shown:
+            lines.append(protocol.note.format(metrics=", ".join(shown), pct="\\%" if latex else "%"))
+    name = latex_escape if latex else str
     pm = "$\\pm$" if latex else "±"
     counts = summary["n_runs"]
     most = int(counts.max())
@@ -320,7 +294,7 @@ def to_rich(summary: pd.DataFrame, title: str = "", plain: bool = False) -> Any:
     table.add_column("method", style="bold")
     for i, (dataset, metric) in enumerate(grid.columns):
         first = i == 0 or grid.columns[i - 1][0] != dataset
-        table.add_column(f"{escape(dataset) if first else ''}\n{TITLES[metric][0]}", justify="right")
+        table.add_column(f"{escape(dataset) if first else ''}\n{column_title(metric)}", justify="right")
     for label in grid.rows:
         values = []
         for col in grid.columns:
@@ -360,7 +334,7 @@ def to_csv(summary: pd.DataFrame) -> str:
 def _display_frame(summary: pd.DataFrame, pm: str, latex: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Strings with (dataset, title) columns and a same-shaped frame of booleans (best cells)."""
     grid = cells(summary, pm)
-    columns = pd.MultiIndex.from_tuples([(d, TITLES[m][1 if latex else 0]) for d, m in grid.columns])
+    columns = pd.MultiIndex.from_tuples([(d, column_title(m, latex)) for d, m in grid.columns])
     text = pd.DataFrame([[grid.text[r][c] for c in grid.columns] for r in grid.rows], index=grid.rows, columns=columns)
     best = pd.DataFrame([[c in grid.best[r] for c in grid.columns] for r in grid.rows], index=grid.rows, columns=columns)
     return text, best

@@ -20,7 +20,7 @@ one flushed line at a time):
 ``lock``             held (``flock``) by the process writing the run; it names that process
 
 A run whose process was killed keeps everything up to its last finished epoch;
-``wsolbench run --resume RUN_DIR`` continues it (:mod:`wsolbench.resume`).
+``wsolbench run --resume RUN_DIR`` continues it (:mod:`wsolbench.runner`).
 Write errors become one-paragraph errors (:class:`DiskFullError`,
 :class:`RunWriteError`); checkpoints are refused when they would leave less
 than the configured free space.
@@ -32,10 +32,13 @@ import contextlib
 import csv
 import datetime as _dt
 import errno
+import fcntl
 import io
+import json
 import os
 import platform
 import re
+import resource
 import shutil
 import socket
 import sys
@@ -43,9 +46,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from wsolbench import RUN_SCHEMA_VERSION, __version__
+from wsolbench.config import RunConfig
 from wsolbench.errors import UserError
-from wsolbench.utils import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from wsolbench.plugins import get_host
+from wsolbench.utils import append_jsonl, atomic_write_bytes, json_bytes, read_json
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
@@ -59,6 +67,8 @@ PR_CURVE = "pr_curve.png"
 BEST = "best.pt"
 LAST = "last.pt"
 LOCK = "lock"
+#: the checkpoints a run keeps, by the names commands use for them
+CHECKPOINTS = {"best": BEST, "last": LAST}
 
 #: errno values that mean "the disk is full"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -68,8 +78,13 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "run"
+def slug(text: str) -> str:
+    """``text`` as one safe file name: runs of other characters than ``A-Za-z0-9_.+-`` become ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-.") or "run"
+
+
+class RunDirError(UserError):
+    """A directory that is not a readable wsolbench run (no such folder, a missing or broken file)."""
 
 
 class RunLockedError(UserError):
@@ -132,10 +147,15 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 
 class RunDir:
-    """One run's directory; creating one never reuses an existing path."""
+    """One run's directory; creating one never reuses an existing path.
 
-    def __init__(self, path: str | os.PathLike):
+    ``read_only``: the directory as the processes of a torchrun launch other
+    than rank 0 see it: they read it, and every writer does nothing (rank 0 writes).
+    """
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         self._lock_fd: int | None = None
 
     # -- creation and locking -------------------------------------------------
@@ -148,7 +168,7 @@ class RunDir:
             raise UserError(f"cannot create the output directory {root}: {exc.strerror}") from exc
         if not os.access(root, os.W_OK | os.X_OK):
             raise UserError(f"the output directory {root} is not writable")
-        base = _slug(name)
+        base = slug(name)
         for n in range(1, 10_000):
             candidate = root / (base if n == 1 else f"{base}-{n}")
             try:
@@ -174,8 +194,6 @@ class RunDir:
         when its process ends in any way (``kill -9`` included) and a stale file
         never blocks a resume. The file names the holder for the error message.
         """
-        import fcntl
-
         lock = self.path / LOCK
         while True:
             with writing(lock):
@@ -217,45 +235,36 @@ class RunDir:
         os.close(fd)
         self._lock_fd = None
 
-    # -- files ----------------------------------------------------------------
-    def _write_json(self, name: str, obj: Any) -> None:
-        with writing(self.path / name):
-            atomic_write_json(self.path / name, obj)
+    # -- reading ----------------------------------------------------------------
+    def read_json(self, name: str) -> dict[str, Any]:
+        """The JSON object in run file ``name``; :class:`RunDirError` when it is absent or unreadable."""
+        path = self.path / name
+        if not self.path.is_dir():
+            raise RunDirError(f"{self.path} is not a directory; a run directory was expected")
+        if not path.is_file():
+            raise RunDirError(f"{self.path} is not a wsolbench run directory: it has no {name}")
+        try:
+            data = read_json(path)
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} cannot be read ({exc})") from exc
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path} is not a JSON object")
+        return data
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        self._write_json(CONFIG, config)
-
-    def read_config(self) -> dict[str, Any]:
-        return read_json(self.path / CONFIG)
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._write_json(MANIFEST, manifest)
+    def read_config(self) -> RunConfig:
+        """The configuration the run was made with (its ``config.json``)."""
+        try:
+            return RunConfig.from_dict(self.read_json(CONFIG))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RunDirError(f"{self.path / CONFIG} is not a valid run configuration: {exc}") from exc
 
     def read_manifest(self) -> dict[str, Any]:
-        return read_json(self.path / MANIFEST)
+        return self.read_json(MANIFEST)
 
-    def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        manifest = self.read_manifest() if (self.path / MANIFEST).exists() else {}
-        manifest.update(fields)
-        self.write_manifest(manifest)
-        return manifest
-
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        with writing(self.path / METRICS):
-            append_jsonl(self.path / METRICS, row)
-
-    def truncate_metrics(self, last_epoch: int) -> list[dict[str, Any]]:
-        """Keep the rows of epochs up to ``last_epoch`` (and drop a torn last line); returns them."""
-        import json
-
-        rows = [r for r in self.read_metrics() if r.get("epoch", -1) <= last_epoch]
-        with writing(self.path / METRICS):
-            atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
-        return rows
+    def read_results(self) -> dict[str, Any]:
+        return self.read_json(RESULTS)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        import json
-
         path = self.path / METRICS
         if not path.exists():
             return []
@@ -265,11 +274,43 @@ class RunDir:
                 rows.append(json.loads(line))
         return rows
 
+    # -- writing (nothing on a read-only directory) --------------------------------
+    def _write(self, name: str, data: bytes) -> None:
+        if self.read_only:
+            return
+        with writing(self.path / name):
+            atomic_write_bytes(self.path / name, data)
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        self._write(name, json_bytes(obj))
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self._write_json(CONFIG, config)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self._write_json(MANIFEST, manifest)
+
+    def update_manifest(self, **fields: Any) -> None:
+        if self.read_only:
+            return
+        manifest = self.read_manifest() if (self.path / MANIFEST).exists() else {}
+        manifest.update(fields)
+        self.write_manifest(manifest)
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        if self.read_only:
+            return
+        with writing(self.path / METRICS):
+            append_jsonl(self.path / METRICS, row)
+
+    def truncate_metrics(self, last_epoch: int) -> list[dict[str, Any]]:
+        """Keep the rows of epochs up to ``last_epoch`` (and drop a torn last line); returns them."""
+        rows = [r for r in self.read_metrics() if r.get("epoch", -1) <= last_epoch]
+        self._write(METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+        return rows
+
     def write_results(self, results: dict[str, Any]) -> None:
         self._write_json(RESULTS, results)
-
-    def read_results(self) -> dict[str, Any]:
-        return read_json(self.path / RESULTS)
 
     def write_per_image(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
@@ -277,27 +318,22 @@ class RunDir:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        with writing(self.path / PER_IMAGE):
-            atomic_write_text(self.path / PER_IMAGE, buf.getvalue())
+        self._write(PER_IMAGE, buf.getvalue().encode("utf-8"))
 
     def write_histograms(self, name: str = HISTOGRAMS, **arrays: Any) -> None:
-        import numpy as np
-
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        with writing(self.path / name):
-            atomic_write_bytes(self.path / name, buf.getvalue())
+        self._write(name, buf.getvalue())
 
     def save_checkpoint(self, name: str, state: dict[str, Any], reserve_mb: float = 0.0) -> None:
         """Write a checkpoint atomically, first checking it leaves ``reserve_mb`` MiB free."""
-        import torch
-
+        if self.read_only:
+            return
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
         check_free_space(self.path, reserve_mb, len(data))
-        with writing(self.path / name):
-            atomic_write_bytes(self.path / name, data)
+        self._write(name, data)
 
     def remove_temporaries(self) -> list[str]:
         """Delete the temporary files of atomic writes cut short by a crash; returns their names."""
@@ -309,8 +345,6 @@ class RunDir:
         return removed
 
     def load_checkpoint(self, name: str = BEST) -> dict[str, Any]:
-        import torch
-
         path = self.path / name
         if not path.exists():
             raise UserError(f"no checkpoint {path}")
@@ -326,8 +360,6 @@ def lock_holder(path: str | os.PathLike) -> str | None:
     Probes the ``flock`` without taking it for longer than the probe; on file
     systems without locks, falls back on whether the recorded process lives.
     """
-    import fcntl
-
     lock = Path(path) / LOCK
     try:
         fd = os.open(lock, os.O_RDONLY)
@@ -374,10 +406,7 @@ def _alive(pid: int) -> bool:
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts for the manifest."""
-    import timm
-    import torch
-
-    from wsolbench.plugins import get_host
+    import timm  # 3-4 s to import: only a run, which has imported it already, asks for its version
 
     env: dict[str, Any] = {
         "wsolbench": __version__,
@@ -388,12 +417,10 @@ def environment() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "plugins": get_host().loaded_versions(),
     }
-    try:
-        import torchvision
+    with contextlib.suppress(ImportError):
+        import torchvision  # imported with timm
 
         env["torchvision"] = torchvision.__version__
-    except ImportError:  # pragma: no cover
-        pass
     return env
 
 
@@ -418,11 +445,7 @@ def new_manifest(config: dict[str, Any], device: str, argv: list[str] | None = N
 
 def peak_memory_mb(device: Any) -> dict[str, float]:
     """Peak resident memory of this process (and peak CUDA memory on a GPU), in MiB."""
-    import resource
-
     out = {"host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
         out["cuda"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

@@ -17,15 +17,24 @@ without one it is ``null``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
 
-from wsolbench.errors import UserError
+from wsolbench import runs
+from wsolbench.assembly import build_dataset, split_ids
+from wsolbench.config import RunConfig
+from wsolbench.errors import UnknownNameError, UserError
+from wsolbench.extras import TestExtras
+from wsolbench.metrics import LocalizationAccumulator
+from wsolbench.outputs import Evaluation, results_record, write_outputs
+from wsolbench.runs import RunDir
 
 TOLERANCE = 1e-6
 
@@ -83,8 +92,6 @@ def check_map(path: Path, shapes: Sequence[tuple[int, int]]) -> tuple[np.ndarray
 
 def read_predictions(path: str | Path, ids: Sequence[str], num_classes: int) -> tuple[dict[str, int], list[Problem]]:
     """``{id: class index}`` from a CSV with ``id`` and ``pred`` columns, and its problems."""
-    import pandas as pd
-
     name = str(path)
     try:
         table = pd.read_csv(path, dtype={"id": str})
@@ -110,25 +117,26 @@ def read_predictions(path: str | Path, ids: Sequence[str], num_classes: int) -> 
 
 @dataclass
 class ScoreMapEvaluation:
+    """The scored maps of a folder, their results and what is left to write."""
+
     results: dict[str, Any]
-    per_image: list[dict[str, Any]] = field(default_factory=list)
-    accumulator: Any = None
+    evaluation: Evaluation
+    extras: TestExtras
     unmatched: list[str] = field(default_factory=list)  #: .npy files that are no image of the split
-    extras: Any = None
 
-    def finish(self, run_path: str | Path | None = None) -> dict[str, Any]:
-        """Add the CRF scores (with ``eval.crf``) and, in ``run_path``, draw the pictures; returns the results."""
-        from wsolbench.engine import Evaluation
+    @property
+    def per_image(self) -> list[dict[str, Any]]:
+        return self.evaluation.per_image
 
-        self.results.update(self.extras.finish(run_path, Evaluation({}, self.per_image, self.accumulator)))
-        return self.results
+    def finish(self, target: RunDir | None = None) -> dict[str, Any]:
+        """Add the CRF scores (with ``eval.crf``) and write the outputs into ``target``; returns the results."""
+        return write_outputs(target, self.evaluation, self.extras, self.results)
 
 
-def write_run(evaluation: ScoreMapEvaluation, cfg: Any, output_dir: str | Path, name: str, argv: list[str]) -> Path:
+def write_run(evaluation: ScoreMapEvaluation, cfg: RunConfig, output_dir: str | Path, name: str,
+              argv: list[str]) -> Path:
     """A run directory that ``wsolbench report`` reads like any other run; returns its path."""
-    from wsolbench import runs
-
-    run_dir = runs.RunDir.create(output_dir, name)
+    run_dir = RunDir.create(output_dir, name)
     config = cfg.to_dict()
     config["method"] = {"name": "external", "scoremaps": evaluation.results["scoremaps"]}
     run_dir.write_config(config)
@@ -136,11 +144,7 @@ def write_run(evaluation: ScoreMapEvaluation, cfg: Any, output_dir: str | Path, 
     manifest["method_label"] = evaluation.results["method_label"]
     run_dir.write_manifest(manifest)
     try:
-        evaluation.finish(run_dir.path)
-        hist = evaluation.accumulator
-        np.savez_compressed(run_dir.path / runs.HISTOGRAMS, fg=hist.hist_fg.cpu().numpy(), bg=hist.hist_bg.cpu().numpy())
-        run_dir.write_per_image(evaluation.per_image)
-        run_dir.write_results(evaluation.results)
+        evaluation.finish(run_dir)
         run_dir.update_manifest(status="completed", finished=runs.now())
     except BaseException as exc:
         run_dir.update_manifest(status="failed", finished=runs.now(), error=f"{type(exc).__name__}: {exc}")
@@ -152,7 +156,7 @@ def write_run(evaluation: ScoreMapEvaluation, cfg: Any, output_dir: str | Path, 
 
 def evaluate_directory(
     directory: str | Path,
-    cfg: Any,
+    cfg: RunConfig,
     split_name: str = "test",
     predictions: str | Path | None = None,
     label: str | None = None,
@@ -163,24 +167,14 @@ def evaluate_directory(
     ``cfg.eval.pictures`` work as in a run once :meth:`ScoreMapEvaluation.finish`
     (or :func:`write_run`) is called.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from wsolbench import RUN_SCHEMA_VERSION
-    from wsolbench.engine import build_dataset
-    from wsolbench.extras import TestExtras
-    from wsolbench.metrics import LocalizationAccumulator
-
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"score map folder {directory} does not exist")
     dataset = build_dataset(cfg)
     if split_name not in dataset.split_names:
-        from wsolbench.errors import UnknownNameError
-
         raise UnknownNameError("split", split_name, dataset.split_names)
     split = dataset.split(split_name, train=False)
-    ids = list(getattr(split, "ids", [str(i) for i in range(len(split))]))
+    ids = split_ids(split)
     problems: list[Problem] = []
     preds: dict[str, int] = {}
     if predictions is not None:
@@ -215,23 +209,9 @@ def evaluate_directory(
     known = {f"{i}.npy" for i in ids}
     unmatched = sorted(str(p.relative_to(directory)) for p in directory.rglob("*.npy")
                        if str(p.relative_to(directory)) not in known)
-    results: dict[str, Any] = {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "method": "external",
-        "method_label": label or directory.resolve().name,
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "profile": cfg.profile,
-        "split": split_name,
-        "scoremaps": str(directory.resolve()),
-        "cl_error": 100.0 * wrong / len(ids) if preds and ids else None,
-        **acc.compute(),
-        "protocol": {
-            "f1": f"per-image Dice at threshold {cfg.eval.threshold}, mean over images",
-            "pxap": f"pixel AP over the set, {cfg.eval.bins} histogram bins",
-            "best_threshold": "pooled over the set at the threshold maximising Dice (not comparable with F1)",
-        },
-    }
-    if not math.isfinite(results["pxap"]):
-        results["pxap"] = None  # no foreground pixel in the split
-    return ScoreMapEvaluation(results, rows, acc, unmatched, extras)
+    metrics = acc.compute()
+    results = results_record(
+        cfg, metrics, method="external", label=label or directory.resolve().name, split=split_name,
+        scoremaps=str(directory.resolve()), cl_error=100.0 * wrong / len(ids) if preds and ids else None,
+    )
+    return ScoreMapEvaluation(results, Evaluation(metrics, rows, acc), extras, unmatched)

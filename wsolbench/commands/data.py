@@ -32,13 +32,13 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from wsolbench import config, engine
+    from wsolbench import assembly, config
     from wsolbench.console import err, out
     from wsolbench.datasets import FileDataset, verify
     from wsolbench.errors import DataError
 
     cfg = config.resolve(dataset=name, profile="paper", options={"data_root": data_root}, sets=list(sets))
-    dataset = engine.build_dataset(cfg)
+    dataset = assembly.build_dataset(cfg)
     if not isinstance(dataset, FileDataset):
         out.print(_table(dataset.classes, {i.name: i.per_class for i in dataset.describe()}))
         out.print(f"{cfg.dataset} is generated on the fly: no files to check.")

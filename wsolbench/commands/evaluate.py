@@ -5,6 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
+from rich.table import Table
+
+from wsolbench import config as config_mod
+from wsolbench.commands.run import print_results
+from wsolbench.console import err
 
 
 @click.command("evaluate")
@@ -33,12 +39,7 @@ def evaluate(scoremaps_dir, dataset, data_root, split, profile, seed, sets, pred
     per file and the command exits with status 2 without scoring. Maps may be
     at the mask's size or at the evaluation image's size.
     """
-    from rich.markup import escape
-    from rich.table import Table
-
-    from wsolbench import config as config_mod
-    from wsolbench import scoremaps
-    from wsolbench.console import err, out
+    from wsolbench import scoremaps  # torch: see wsolbench.commands.run
 
     options = {"data_root": data_root, "seed": seed, "eval": {"crf": crf or None}}
     cfg = config_mod.resolve(None, dataset, profile, None, options, list(sets))
@@ -59,38 +60,10 @@ def evaluate(scoremaps_dir, dataset, data_root, split, profile, seed, sets, pred
         shown = ", ".join(evaluation.unmatched[:3]) + (" ..." if len(evaluation.unmatched) > 3 else "")
         err.print(f"[yellow]note:[/yellow] {len(evaluation.unmatched)} .npy file(s) match no image of the split: "
                   f"{escape(shown)}")
+    path = None
     if output_dir is not None:
         name = run_name or f"scoremaps-{cfg.dataset}-{evaluation.results['method_label']}"
-        path = scoremaps.write_run(evaluation, cfg, output_dir, name, ["wsolbench", *sys.argv[1:]])
+        path = escape(str(scoremaps.write_run(evaluation, cfg, output_dir, name, ["wsolbench", *sys.argv[1:]])))
     else:
         evaluation.finish(None)
-        path = None
-    print_scores(evaluation.results)
-    if path is not None:
-        out.print(f"run directory: [bold]{escape(str(path))}[/bold]")
-
-
-def print_scores(results: dict) -> None:
-    """The metrics of ``results``, with a second row after dense-CRF when present."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from wsolbench.console import out
-
-    table = Table(title=f"{escape(results['method_label'])} on {escape(results['dataset'])} "
-                        f"({results.get('split', 'test')}, {results['n_images']} images)")
-    keys = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best")
-    table.add_column("maps")
-    for title in ("cl. error %", "F1+", "F1-", "PxAP", "Dice*", "IoU*", "thr.*"):
-        table.add_column(title, justify="right")
-
-    def fmt(scores: dict, key: str) -> str:
-        x = scores.get(key)
-        return "-" if x is None or x != x else f"{x:.{3 if key == 'threshold_best' else 2}f}"  # noqa: PLR0124
-
-    table.add_row("as given", *(fmt(results, k) for k in keys))
-    if isinstance(results.get("crf"), dict):
-        table.add_row("dense CRF", fmt(results, "cl_error"), *(fmt(results["crf"], k) for k in keys[1:]))
-    out.print(table)
-    out.print("F1+/F1-: per-image Dice at 0.5, mean over images. *: pooled over the set at the best threshold "
-              "(a different protocol).")
+    print_results(evaluation.results, path)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
+
+from wsolbench.commands.run import print_results, progress_display
+from wsolbench.console import out
 
 
 @click.command("evaluate-run")
@@ -21,15 +25,13 @@ def evaluate_run(run_dir, checkpoint, split, device, output_dir, quiet) -> None:
     Started with torchrun --nproc_per_node=N -m wsolbench evaluate-run ..., the
     processes share the images and give the same numbers as one process.
     """
-    from rich.markup import escape
-
-    from wsolbench.checkpoint_eval import evaluate_checkpoint
-    from wsolbench.commands.evaluate import print_scores
-    from wsolbench.console import out
+    from wsolbench.checkpoint_eval import evaluate_checkpoint  # torch: see wsolbench.commands.run
     from wsolbench.distributed import from_environment
 
-    results = evaluate_checkpoint(run_dir, checkpoint, split, device, output_dir, quiet)
-    if from_environment().is_main:
-        print_scores(results)
+    speaks = from_environment().is_main
+    with progress_display(quiet or not speaks) as listener:
+        results = evaluate_checkpoint(run_dir, checkpoint, split, device, output_dir, listener)
+    if speaks:
+        print_results(results)
         if output_dir is not None:
             out.print(f"written to [bold]{escape(str(output_dir))}[/bold]")

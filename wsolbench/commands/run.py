@@ -1,4 +1,9 @@
-"""``wsolbench run``: train and evaluate one method on one dataset."""
+"""``wsolbench run``: train and evaluate one method on one dataset; its progress display and result table.
+
+Like every command module, this one imports torch and what needs it inside
+the command's body: ``wsolbench run --help`` answers in 0.1 s, and importing
+torch alone takes 2 s or more.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,19 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from wsolbench import config as config_mod
+from wsolbench.console import err, out
+from wsolbench.errors import ConfigError, RunInterrupted
+
+if TYPE_CHECKING:
+    from wsolbench.engine import Event
 
 #: options that may accompany --resume (everything else comes from the run's config.json)
 RESUME_COMPATIBLE = ("resume_dir", "quiet")
@@ -54,8 +70,6 @@ def run(
     if resume_dir is not None:
         _resume(resume_dir, quiet)
         return
-    from wsolbench import config as config_mod
-
     options = {
         "data_root": data_root, "seed": seed, "device": device, "output_dir": output_dir, "run_name": run_name,
         "model": {"backbone": backbone, "pretrained": pretrained, "pooling": pooling},
@@ -66,18 +80,17 @@ def run(
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
 
-    from wsolbench import engine
-    from wsolbench.console import err
+    from wsolbench import distributed, runner  # torch: see the module docstring
 
-    speaks = _speaks()
+    speaks = distributed.from_environment().is_main  # the only process, or rank 0 of a torchrun launch
     if speaks:
         err.print(
             f"[bold]wsolbench[/bold] run: method [cyan]{cfg.method}[/cyan], dataset [cyan]{cfg.dataset}[/cyan], "
             f"profile {cfg.profile}, backbone {cfg.model.backbone}"
             f"{' (pretrained)' if cfg.model.pretrained else ''}, seed {cfg.seed}, {cfg.train.epochs} epochs"
         )
-    with _sigterm_interrupts():
-        result = engine.run(cfg, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
+    with _sigterm_interrupts(), progress_display(quiet or not speaks) as listener:
+        result = runner.run(cfg, argv=["wsolbench", *sys.argv[1:]], listener=listener)
     if speaks:
         print_results(result.results, str(result.run_dir.path))
 
@@ -92,16 +105,13 @@ def _resume(resume_dir: str, quiet: bool) -> None:
     ]
     if given:
         names = ", ".join(p.opts[0] for p in given)
-        from wsolbench.errors import ConfigError
-
         raise ConfigError(
             f"--resume continues a run with the settings in its config.json, so it cannot be combined with "
             f"{names}; only --quiet may accompany it. To change settings, start a new run."
         )
-    from wsolbench import engine, runs
-    from wsolbench.console import err
+    from wsolbench import distributed, runner, runs  # torch: see the module docstring
 
-    speaks = _speaks()
+    speaks = distributed.from_environment().is_main
     if runs.is_complete(resume_dir):
         if speaks:
             err.print(f"run {resume_dir} is already complete; nothing to resume", soft_wrap=True)
@@ -109,22 +119,18 @@ def _resume(resume_dir: str, quiet: bool) -> None:
         return
     if speaks:
         err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}", soft_wrap=True)
-    with _sigterm_interrupts():
-        result = engine.resume(resume_dir, argv=["wsolbench", *sys.argv[1:]], quiet=quiet)
+    with _sigterm_interrupts(), progress_display(quiet or not speaks) as listener:
+        result = runner.resume(resume_dir, argv=["wsolbench", *sys.argv[1:]], listener=listener)
     if speaks:
         print_results(result.results, str(result.run_dir.path))
 
 
-def _speaks() -> bool:
-    """Whether this process prints: the only one, or rank 0 of a torchrun launch."""
-    from wsolbench.distributed import from_environment
-
-    return from_environment().is_main
-
-
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM (schedulers, ``kill``) like Ctrl-C, so the manifest records the interruption."""
+    """Treat SIGTERM (schedulers, ``kill``) like Ctrl-C, so the manifest records the interruption.
+
+    A run that stops this way says how to continue it (:class:`RunInterrupted`); that is printed here.
+    """
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt("terminated by SIGTERM")
@@ -132,34 +138,110 @@ def _sigterm_interrupts() -> Iterator[None]:
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
+        previous = None
     try:
         yield
+    except RunInterrupted as exc:
+        err.print(str(exc), soft_wrap=True)
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def print_results(results: dict, run_dir: str) -> None:
-    from rich.table import Table
+class ProgressDisplay:
+    """Rich progress bars on stderr for a run's :class:`~wsolbench.engine.Event` values.
 
-    from wsolbench.console import out
+    One bar counts the epochs (with the last loss and validation error, ``*``
+    for a new best model), one the batches of the current training or
+    validation pass, and one each scored split.
+    """
 
-    table = Table(title=f"{results['method_label']} on {results['dataset']} (test, seed {results['seed']})")
-    for col in ("cl. error %", "F1+", "F1-", "PxAP", "Dice@best", "images"):
-        table.add_column(col, justify="right")
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err,
+            transient=False,
+        )
+        self.epochs: Any = None
+        self.batches: Any = None
+        self.current: Any = None
 
-    def fmt(x: object) -> str:
-        return "-" if x is None or x != x else f"{x:.2f}"  # noqa: PLR0124 - NaN check
+    def __call__(self, event: Event) -> None:
+        p = self.progress
+        if event.kind == "training_started":
+            self.epochs = p.add_task("epochs", total=event.total, completed=event.epoch, info="")
+        elif event.kind == "phase_started":
+            if event.phase in ("train", "valid"):
+                if self.batches is None:
+                    self.batches = p.add_task("train", total=event.total, info="")
+                described = f"train {event.epoch + 1}/{p.tasks[self.epochs].total}" if event.phase == "train" else "valid"
+                p.reset(self.batches, total=event.total, description=described)
+                self.current = self.batches
+            else:
+                self.current = p.add_task(event.phase, total=event.total, info="")
+        elif event.kind == "step" and self.current is not None:
+            p.advance(self.current)
+        elif event.kind == "epoch_ended" and self.epochs is not None:
+            logs = event.logs
+            info = (f"loss {logs['train_loss']:.4f}  valid err {logs.get('valid_error', float('nan')):.2f}%"
+                    + ("  *" if logs["improved"] else ""))
+            p.update(self.epochs, advance=1, info=info)
+        elif event.kind == "stopped_early":
+            err.print(f"early stop at epoch {event.epoch + 1}: no better validation error for "
+                      f"{event.logs['stale']} epochs")
 
-    table.add_row(
-        fmt(results["cl_error"]), fmt(results["f1_pos"]), fmt(results["f1_neg"]), fmt(results["pxap"]),
-        fmt(results.get("dice_best")), str(results["n_images"]),
-    )
-    out.print(table)
+
+@contextlib.contextmanager
+def progress_display(quiet: bool) -> Iterator[ProgressDisplay | None]:
+    """A :class:`ProgressDisplay` shown for the block (``None`` when ``quiet``)."""
+    if quiet:
+        yield None
+        return
+    display = ProgressDisplay()
+    with display.progress:
+        yield display
+
+
+#: the metrics of the result tables printed by ``run``, ``evaluate`` and ``evaluate-run``
+SHOWN = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best")
+
+
+def results_table(results: dict, title: str) -> Table:
+    """The metrics of ``results`` in one row, with a second row after dense-CRF when present."""
+    from wsolbench.metrics import METRICS  # torch: see the module docstring
+
+    table = Table(title=title)
+    table.add_column("maps")
+    for name in SHOWN:
+        table.add_column(METRICS[name].title, justify="right")
+    table.add_column("images", justify="right")
+    table.add_row("as given", *(METRICS[k].format(results.get(k)) for k in SHOWN), str(results["n_images"]))
     crf = results.get("crf")
-    if isinstance(crf, dict):
-        out.print(f"after dense CRF: F1+ {fmt(crf['f1_pos'])}, F1- {fmt(crf['f1_neg'])}, PxAP {fmt(crf['pxap'])}, "
-                  f"Dice@best {fmt(crf.get('dice_best'))}")
-    out.print("F1+/F1-: per-image Dice at 0.5, mean over images. Dice@best: pooled, best threshold.")
-    out.print(f"run directory: [bold]{run_dir}[/bold]")
+    if isinstance(crf, dict):  # the CRF changes the maps, not the classes
+        table.add_row("dense CRF", *(METRICS[k].format({**crf, "cl_error": results.get("cl_error")}.get(k))
+                                     for k in SHOWN), str(results["n_images"]))
+    return table
+
+
+def metric_notes() -> str:
+    """What each shown metric is."""
+    from wsolbench.metrics import METRICS  # torch: see the module docstring
+
+    return "\n".join(f"{METRICS[k].title}: {METRICS[k].description}" for k in SHOWN)
+
+
+def print_results(results: dict, run_dir: str | None = None) -> None:
+    """The test metrics of a run (or of scored maps), what they mean, and where the files are."""
+    split = results.get("split", "test")
+    seed = f", seed {results['seed']}" if results.get("method") != "external" else ""
+    title = f"{escape(str(results['method_label']))} on {escape(str(results['dataset']))} ({split}{seed})"
+    out.print(results_table(results, title))
+    out.print(metric_notes())
+    if run_dir is not None:
+        out.print(f"run directory: [bold]{run_dir}[/bold]")

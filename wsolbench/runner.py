@@ -1,0 +1,412 @@
+"""One run's life: build it, train with model selection, test, and keep its directory consistent.
+
+:func:`run` goes from a configuration to a completed run directory
+(:mod:`wsolbench.runs`): the dataset and method are built
+(:mod:`wsolbench.assembly`), the method is trained one epoch at a time
+(:mod:`wsolbench.engine`), the model with the lowest validation error (ties:
+the lower validation loss) is kept as ``best.pt`` and scored on the test split
+(:mod:`wsolbench.outputs`). :func:`resume` continues a run that was killed,
+interrupted or stopped by an error, from its ``last.pt``
+(:mod:`wsolbench.checkpoints`).
+
+Files are kept consistent across a kill at any point: after each epoch a
+metrics row is appended, then ``last.pt`` is replaced, then ``best.pt`` if the
+epoch improved. Resuming drops metric rows after the checkpoint's epoch,
+rewrites ``best.pt`` from ``last.pt`` when the kill fell between the two, and
+deletes the temporary files of interrupted atomic writes.
+
+Started by torchrun, every process runs this same code (see
+:mod:`wsolbench.distributed`): rank 0 creates and writes the run directory,
+the others see it read-only, and progress goes to the listener of rank 0 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsolbench import RUN_SCHEMA_VERSION, distributed, runs
+from wsolbench.assembly import build_dataset, build_method, method_label, provenance, split_ids
+from wsolbench.checkpoints import (
+    TRAINING_KEYS,
+    TrainState,
+    as_stored_json,
+    check_checkpoint,
+    epoch_seed,
+    load_model_state,
+    model_state,
+    restore_training,
+    training_state,
+)
+from wsolbench.config import RunConfig
+from wsolbench.data import check_split_labels
+from wsolbench.distributed import Context
+from wsolbench.engine import (
+    Listener,
+    Precision,
+    _tell,
+    evaluate,
+    make_loader,
+    make_optimizer,
+    make_scheduler,
+    train_one_epoch,
+)
+from wsolbench.errors import RunInterrupted, UserError
+from wsolbench.extras import TestExtras
+from wsolbench.interfaces import Dataset, Method
+from wsolbench.outputs import results_record, write_outputs
+from wsolbench.runs import RunDir
+from wsolbench.utils import seed_everything
+
+#: manifest statuses a run can be resumed from ("running": its process was killed)
+RESUMABLE = ("running", "interrupted", "failed")
+
+
+class ResumeError(UserError):
+    """A run directory that cannot be continued."""
+
+
+@dataclass
+class RunResult:
+    run_dir: RunDir
+    results: dict[str, Any]
+    config: RunConfig
+
+
+@dataclass
+class ResumePoint:
+    """A run directory ready to continue: its configuration and its ``last.pt`` (if any)."""
+
+    run_dir: RunDir
+    config: RunConfig
+    checkpoint: dict[str, Any] | None
+    previous_status: str = ""
+
+    def mark_running(self, argv: list[str] | None = None) -> None:
+        """Set the manifest back to ``running`` and record this resume (time, epoch, command, versions)."""
+        runs.check_free_space(self.run_dir.path, self.config.train.min_free_mb)
+        resumed = self.run_dir.read_manifest().get("resumed", [])
+        resumed.append({
+            "at": runs.now(),
+            "from_epoch": self.checkpoint["epoch"] + 1 if self.checkpoint else 0,
+            "previous_status": self.previous_status,
+            "command": " ".join(argv or []),
+            "versions": runs.environment(),
+        })
+        self.run_dir.update_manifest(status="running", finished=None, error=None, resumed=resumed)
+
+
+# -- starting and continuing ---------------------------------------------------------
+def run(
+    cfg: RunConfig, argv: list[str] | None = None, listener: Listener | None = None,
+    resume_from: ResumePoint | None = None,
+) -> RunResult:
+    """Train (unless the method has nothing to train), select on validation, evaluate on test.
+
+    ``resume_from`` (see :func:`resume`) continues that run directory from its
+    ``last.pt`` instead of creating a new one. ``listener`` hears the loops'
+    events (:class:`wsolbench.engine.Event`). Started by torchrun, the run is
+    shared by its processes.
+    """
+    with distributed.session(cfg.device) as (dist, device):
+        return _run(cfg, dist, device, argv, listener if dist.is_main else None, resume_from)
+
+
+def resume(path: str | Path, argv: list[str] | None = None, listener: Listener | None = None) -> RunResult:
+    """Continue the killed, interrupted or failed run in ``path`` with its own configuration.
+
+    Under torchrun, rank 0 checks, locks and repairs the run directory; the
+    other processes read its configuration and ``last.pt`` (so they must see
+    the directory too: same machine or a shared file system).
+    """
+    if not distributed.from_environment().active:
+        point = open_run(path)
+        try:
+            return run(point.config, argv, listener, resume_from=point)
+        finally:
+            point.run_dir.release()
+    try:
+        device = RunDir(path, read_only=True).read_config().device
+    except UserError:
+        device = "auto"  # rank 0's open_run says what is wrong with the directory
+    with distributed.session(device) as (dist, _):
+        if dist.is_main:
+            try:
+                point = open_run(path)
+            except BaseException as exc:
+                dist.broadcast(f"{type(exc).__name__}: {exc}")
+                raise
+            dist.broadcast(None)
+        else:
+            failure = dist.broadcast(None)
+            if failure is not None:
+                raise distributed.DistributedError(f"rank 0 could not resume {path}: {failure}")
+            point = _follower_point(path)
+        try:
+            return run(point.config, argv, listener, resume_from=point)
+        finally:
+            point.run_dir.release()
+
+
+def open_run(path: str | Path) -> ResumePoint:
+    """Check and lock ``path`` for resuming; repair what a kill can leave behind.
+
+    Raises :class:`ResumeError` (exit status 2) for a directory that is not a
+    run, a run written by a newer wsolbench, a completed run, a checkpoint of
+    another method or configuration, and :class:`~wsolbench.runs.RunLockedError`
+    while another process writes the run.
+    """
+    run_dir = RunDir(path)
+    try:
+        manifest = run_dir.read_manifest()
+        config = run_dir.read_json(runs.CONFIG)
+        cfg = run_dir.read_config()
+    except runs.RunDirError as exc:
+        raise ResumeError(f"{exc}; the run cannot be resumed") from exc
+    schema = manifest.get("schema_version", 0)
+    if not isinstance(schema, int) or schema > RUN_SCHEMA_VERSION:
+        raise ResumeError(
+            f"run {run_dir.path} was written by a newer wsolbench (run schema {schema}, this version reads up "
+            f"to {RUN_SCHEMA_VERSION}); upgrade wsolbench to resume it"
+        )
+    status = manifest.get("status")
+    if status not in RESUMABLE:
+        raise ResumeError(f"run {run_dir.path} has status {status!r}; only {', '.join(RESUMABLE)} runs resume")
+
+    run_dir.acquire()
+    try:
+        checkpoint = None
+        if (run_dir.path / runs.LAST).exists():
+            checkpoint = run_dir.load_checkpoint(runs.LAST)
+            check_checkpoint(checkpoint, cfg, run_dir.path / runs.LAST)
+            if as_stored_json(checkpoint.get("config")) != config:
+                raise ResumeError(
+                    f"{run_dir.path / runs.LAST} was written with another configuration than "
+                    f"{run_dir.path / runs.CONFIG}; the run directory was changed by hand and cannot be resumed"
+                )
+        run_dir.remove_temporaries()
+        last_epoch = checkpoint["epoch"] if checkpoint is not None else -1
+        run_dir.truncate_metrics(last_epoch)
+        if checkpoint is not None:
+            _repair_best(run_dir, checkpoint)
+    except BaseException:
+        run_dir.release()
+        raise
+    return ResumePoint(run_dir, cfg, checkpoint, status)
+
+
+def _repair_best(run_dir: RunDir, checkpoint: dict[str, Any]) -> None:
+    """Make ``best.pt`` hold the best epoch that ``last.pt`` records."""
+    best_epoch = checkpoint.get("train_state", {}).get("best", {}).get("epoch", -1)
+    if best_epoch < 0:
+        return
+    path = run_dir.path / runs.BEST
+    on_disk = run_dir.load_checkpoint(runs.BEST).get("epoch") if path.exists() else None
+    if on_disk == best_epoch:
+        return
+    if best_epoch != checkpoint["epoch"]:
+        raise ResumeError(
+            f"{path} holds epoch {on_disk} but {runs.LAST} records epoch {best_epoch} as the best; the run "
+            f"directory was changed by hand and cannot be resumed"
+        )
+    run_dir.save_checkpoint(runs.BEST, {k: v for k, v in checkpoint.items() if k not in TRAINING_KEYS})
+
+
+def _follower_point(path: str | Path) -> ResumePoint:
+    """What a process other than rank 0 needs to resume the run in ``path``: its configuration and ``last.pt``."""
+    run_dir = RunDir(path, read_only=True)
+    checkpoint = run_dir.load_checkpoint(runs.LAST) if (run_dir.path / runs.LAST).exists() else None
+    return ResumePoint(run_dir, run_dir.read_config(), checkpoint)
+
+
+def _shared_run_dir(dist: Context, create: Any) -> RunDir:
+    """Rank 0 creates the run directory (``create()``); every process gets it, the others read-only."""
+    if not dist.active:
+        return create()
+    if dist.is_main:
+        try:
+            run_dir = create()
+        except BaseException as exc:
+            dist.broadcast((None, f"{type(exc).__name__}: {exc}"))
+            raise
+        dist.broadcast((str(run_dir.path), None))
+        return run_dir
+    path, failure = dist.broadcast(None)
+    if failure is not None:
+        raise distributed.DistributedError(f"rank 0 could not create the run directory: {failure}")
+    return RunDir(path, read_only=True)
+
+
+def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None, dist: Context) -> RunDir:
+    runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
+    name = cfg.run_name or RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
+    run_dir = RunDir.create(cfg.output_dir, name)
+    config_dict = cfg.to_dict()
+    run_dir.write_config(config_dict)
+    manifest = runs.new_manifest(config_dict, str(device), argv)
+    manifest["method_label"] = method_label(cfg)
+    if dist.active:
+        manifest["processes"] = dist.world_size
+    run_dir.write_manifest(manifest)
+    return run_dir
+
+
+# -- the run ---------------------------------------------------------------------------
+def _run(
+    cfg: RunConfig, dist: Context, device: torch.device, argv: list[str] | None, listener: Listener | None,
+    resume_from: ResumePoint | None,
+) -> RunResult:
+    seed_everything(cfg.seed)
+    dataset = build_dataset(cfg)
+    check_split_labels(dataset, cfg.dataset)
+    method = distributed.prepare_model(build_method(cfg, dataset.num_classes).to(device), dist, device)
+    if cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if resume_from is None:
+        run_dir, checkpoint = _shared_run_dir(dist, lambda: _create_run_dir(cfg, device, argv, dist)), None
+    else:
+        run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
+        if dist.is_main:
+            resume_from.mark_running(argv)
+    try:
+        results = _train_and_test(cfg, dataset, method, device, run_dir, listener, checkpoint, dist)
+    except KeyboardInterrupt as exc:
+        reason = str(exc) or "interrupted by the user (Ctrl-C)"
+        _mark_stopped(run_dir, "interrupted", reason)
+        if dist.is_main:
+            raise RunInterrupted(
+                f"{reason}; finished epochs are kept. Continue with: wsolbench run --resume {run_dir.path}"
+            ) from exc
+        raise
+    except BaseException as exc:
+        _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    run_dir.release()
+    return RunResult(run_dir, results, cfg)
+
+
+def _mark_stopped(run_dir: RunDir, status: str, reason: str) -> None:
+    """Record why the run stopped, keep its files, release its lock; never masks the original error."""
+    with contextlib.suppress(Exception):
+        run_dir.update_manifest(status=status, finished=runs.now(), error=reason)
+    run_dir.release()
+
+
+def _train_and_test(
+    cfg: RunConfig,
+    dataset: Dataset,
+    method: Method,
+    device: torch.device,
+    run_dir: RunDir,
+    listener: Listener | None,
+    checkpoint: dict[str, Any] | None,
+    dist: Context,
+) -> dict[str, Any]:
+    precision = Precision.choose(device, cfg.train.amp)
+    state = TrainState()
+    if method.trainable and cfg.train.epochs > 0:
+        state = _train(cfg, dataset, method, device, precision, run_dir, listener, checkpoint, dist)
+        if dist.is_main:
+            load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
+        dist.broadcast_module(method)
+    else:
+        run_dir.save_checkpoint(runs.BEST, model_state(method, cfg, -1), reserve_mb=cfg.train.min_free_mb)
+
+    t0 = time.perf_counter()
+    test_split = dataset.split("test")
+    extras = TestExtras(cfg, dataset, test_split)
+    test = evaluate(
+        method, make_loader(test_split, cfg, False, device, seed_offset=2, dist=dist), precision, cfg,
+        localization=True, ids=getattr(test_split, "ids", None), listener=listener, on_map=extras.update, dist=dist,
+    )
+    extras.gather(dist)
+    eval_seconds = time.perf_counter() - t0
+    results = results_record(
+        cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
+        best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
+    )
+    write_outputs(run_dir, test, extras, results)
+    run_dir.update_manifest(
+        status="completed",
+        finished=runs.now(),
+        train_seconds=round(state.train_seconds, 3),
+        valid_seconds=round(state.valid_seconds, 3),
+        eval_seconds=round(eval_seconds, 3),
+        peak_memory_mb=runs.peak_memory_mb(device),
+        best_epoch=state.best["epoch"],
+    )
+    return results
+
+
+def _train(
+    cfg: RunConfig,
+    dataset: Dataset,
+    method: Method,
+    device: torch.device,
+    precision: Precision,
+    run_dir: RunDir,
+    listener: Listener | None,
+    checkpoint: dict[str, Any] | None,
+    dist: Context,
+) -> TrainState:
+    """Train up to ``train.epochs``, validating every ``eval.every`` epochs; ``best.pt`` holds the selected model."""
+    train_loader = make_loader(dataset.split("train"), cfg, True, device, dist=dist)
+    valid_loader = make_loader(dataset.split("valid"), cfg, False, device, seed_offset=1, dist=dist)
+    epochs, reserve = cfg.train.epochs, cfg.train.min_free_mb
+    optimizer = make_optimizer(method, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    state = TrainState()
+    if checkpoint is not None:
+        load_model_state(method, checkpoint, cfg)
+        state = restore_training(checkpoint, optimizer, scheduler, precision.scaler)
+    step_fn = distributed.training_step(method, dist, device)
+    _tell(listener, "training_started", epoch=state.next_epoch, total=epochs)
+    for epoch in range(state.next_epoch, epochs):
+        if state.stopped_early(cfg.train.patience):  # a run resumed after its early stop
+            break
+        t0 = time.perf_counter()
+        train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+        dist.start_epoch(train_loader, cfg.seed, epoch)
+        logs = train_one_epoch(method, train_loader, optimizer, precision, cfg, epoch, listener, step_fn, dist)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        state.train_seconds += time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, **logs}
+        improved = False
+        validates = (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1
+        if validates:
+            t1 = time.perf_counter()
+            val = evaluate(method, valid_loader, precision, cfg, localization=False, listener=listener, dist=dist,
+                           phase="valid")
+            state.valid_seconds += time.perf_counter() - t1
+            row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
+            key = (val.metrics["cl_error"], val.metrics["loss"])
+            improved = key < (state.best["cl_error"], state.best["loss"])
+            if improved:
+                state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
+        if validates:  # patience counts validations, so an epoch without one never stops the run
+            state.stale = 0 if improved else state.stale + 1
+        row["best_epoch"] = state.best["epoch"]
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        state.next_epoch = epoch + 1
+        # this order keeps the files consistent whenever a kill falls (see the module docstring)
+        run_dir.append_metrics(row)
+        run_dir.save_checkpoint(
+            runs.LAST,
+            model_state(method, cfg, epoch, **training_state(optimizer, scheduler, precision.scaler, state)),
+            reserve_mb=reserve,
+        )
+        if improved:
+            run_dir.save_checkpoint(runs.BEST, model_state(method, cfg, epoch), reserve_mb=reserve)
+        run_dir.update_manifest(train_seconds=round(state.train_seconds, 3),
+                                valid_seconds=round(state.valid_seconds, 3), epochs_done=epoch + 1)
+        _tell(listener, "epoch_ended", epoch=epoch, total=epochs, logs={**row, "improved": improved})
+        if state.stopped_early(cfg.train.patience):
+            _tell(listener, "stopped_early", epoch=epoch, logs={"stale": state.stale})
+            break
+    return state
