@@ -196,7 +196,7 @@ MARKER_PLUGIN = """
 
     @hookimpl
     def wsolbench_register_methods(register):
-        register("marker-method", "collections:OrderedDict", summary="marks its import")
+        register("marker-method", "collections:OrderedDict")
 """
 
 

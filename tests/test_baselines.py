@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import ClassVar
 
@@ -192,3 +193,11 @@ def test_paper_profile_is_the_papers_baseline_setup(name):
     assert cfg.train.nesterov and cfg.train.momentum > 0
     quick = config.resolve(name, "synthetic", "quick")
     assert quick.model.pretrained is False  # the quick profile trains from scratch (no download)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_train_with_the_global_paper_settings_and_160_epochs_on_glas(name):
+    for dataset in ("synthetic", "glas", "cub"):
+        train = dataclasses.asdict(config.resolve(name, dataset, "paper").train)
+        expected = {**config.PROFILES["paper"]["train"], **({"epochs": 160} if dataset == "glas" else {})}
+        assert {key: train[key] for key in expected} == expected, dataset

@@ -88,6 +88,27 @@ set = ["train.lr=0.1"]
     assert len([c for c in suite.cells if c.matches(["minmax"])]) == 2
 
 
+CELLS = [
+    bench.Cell("cam-avg", "cam-avg", "synthetic", 0, "quick", Path("runs/s/synthetic/cam-avg/seed-0")),
+    bench.Cell("CAM-lr-0.1", "cam-avg", "glas", 3, "paper", Path("/abs/out/glas/CAM-lr-0.1/seed-3"),
+               data_root="/d/glas", sets=("train.epochs=2", "train.lr=0.1"), label='CAM "lr" 0.1 ±'),
+    bench.Cell("minmax+method.u-0", "minmax", "cub5", 1, "paper", Path("o/cub5/minmax+method.u-0/seed-1"),
+               data_root="data/CUB", sets=("method.u=0", "dataset.class_subset=[3, 5]")),
+]
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda cell: cell.key)
+def test_a_cells_command_line_is_its_options_and_resolves_to_its_config(cell, capsys):
+    from wsolbench.commands.run import run
+
+    argv = cell.command("py")
+    assert argv[:5] == ["py", "-m", "wsolbench", "run", "--quiet"]
+    parsed = run.make_context("run", argv[4:]).params  # the real command's parser
+    assert {key: parsed[key] for key in cell.options()} == {**cell.options(), "sets": tuple(cell.options()["sets"])}
+    main([*argv[3:], "--show-config"])  # the real command's resolution
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(cell.config().to_dict()))
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

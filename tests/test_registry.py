@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import textwrap
 import warnings
 
 import pytest
 
 from wsolbench.errors import DuplicateNameError, UnknownNameError
 from wsolbench.plugins import PluginHost, PluginWarning, get_host
-from wsolbench.registry import Entry, Registry
+from wsolbench.registry import Entry, Registry, literal_summary
 
 from plugin_support import write_distribution
 
@@ -51,6 +55,143 @@ def test_lazy_factory_string_is_imported_on_use():
     assert reg.resolve("od") is OrderedDict
 
 
+#: in a fresh interpreter: ``wsolbench list`` of each kind, then what it imported of the built-in plug-ins
+LIST_AND_IMPORTS = """
+import json, sys
+from wsolbench.cli import main
+for kind in ("methods", "poolings", "datasets"):
+    print("==", kind)
+    try:
+        main(["list", kind])
+    except SystemExit:
+        pass
+print(json.dumps([m for m in sys.modules if m.startswith("wsolbench_plugins.") or m in ("torch", "timm")]))
+"""
+
+
+def test_list_shows_each_builtins_class_summary_without_importing_its_module():
+    env = {**os.environ, "WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD": "1", "COLUMNS": "250"}
+    proc = subprocess.run([sys.executable, "-c", LIST_AND_IMPORTS], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    *listing, last = proc.stdout.strip().splitlines()
+    assert sorted(json.loads(last)) == ["wsolbench_plugins.datasets", "wsolbench_plugins.methods",
+                                        "wsolbench_plugins.poolings"], "list imported a plug-in module"
+    shown: dict[str, dict[str, str]] = {}
+    for line in listing:
+        if line.startswith("== "):
+            table = shown.setdefault(line[3:-1], {})  # "methods" -> "method"
+        elif "│" in line:
+            name, summary, _ = (cell.strip() for cell in line.split("│"))
+            table[name] = summary
+    host = get_host()
+    for kind in ("method", "pooling", "dataset"):
+        entries = host.registry(kind).entries()
+        assert sorted(shown[kind]) == [entry.name for entry in entries]
+        for entry in entries:
+            cls = entry.resolve()
+            assert cls.summary and "summary" in vars(cls), f"{kind} {entry.name} has no summary of its own"
+            assert shown[kind][entry.name] == cls.summary, (kind, entry.name)
+
+
+def test_builtins_register_without_plugin_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        PluginHost().load_builtins()
+
+
+SUMMARIES = """
+    import typing
+    from collections import OrderedDict as External
+
+    PREFIX = "built "
+
+    class Literal:
+        summary = "a literal"
+
+    class Annotated:
+        summary: typing.ClassVar[str] = (
+            "a literal "
+            "on two lines"
+        )
+
+    class Child(Literal):
+        other = 1
+
+    class GrandChild(Child):
+        pass
+
+    class Computed:
+        summary = PREFIX + "at import"
+
+    class FromOutside(External):
+        pass
+
+    class Mixed(Literal, External):
+        pass
+
+    class Method:
+        def summary(self):
+            return "a method"
+
+    class Shadowed:
+        summary = "stale"
+
+    Shadowed = Literal
+"""
+#: a module that sets a class's ``summary`` after its ``class`` statement
+PATCHED = """
+    class Patched:
+        summary = "before"
+
+    Patched.summary = "after"
+"""
+
+
+@pytest.fixture
+def summaries_module(tmp_path, monkeypatch):
+    """:data:`SUMMARIES` and :data:`PATCHED` as modules ``NAME`` and ``NAME_patched`` (``NAME`` unique per test)."""
+    name = f"summaries_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(SUMMARIES))
+    (tmp_path / f"{name}_patched.py").write_text(textwrap.dedent(PATCHED))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+    sys.modules.pop(f"{name}_patched", None)
+
+
+def test_summary_is_read_from_source_only_where_the_source_says_it(summaries_module):
+    name = summaries_module
+    read = {cls: literal_summary(f"{name}:{cls}") for cls in (
+        "Literal", "Annotated", "Child", "GrandChild", "Computed", "FromOutside", "Mixed", "Method", "Shadowed",
+        "Missing", "Literal.summary")}
+    assert read == {
+        "Literal": "a literal", "Annotated": "a literal on two lines", "Child": "a literal", "GrandChild": "a literal",
+        "Computed": None, "FromOutside": None, "Mixed": None, "Method": None, "Shadowed": None, "Missing": None,
+        "Literal.summary": None,
+    }
+    assert literal_summary(f"{name}_patched:Patched") is None
+    assert name not in sys.modules and f"{name}_patched" not in sys.modules  # reading the source ran none of it
+    assert literal_summary("no_such_package_anywhere.module:Class") is None
+
+
+def test_entry_summary_imports_the_factory_when_the_source_does_not_say(summaries_module):
+    name = summaries_module
+    assert Entry("x", f"{name}:GrandChild").summary == "a literal"
+    assert name not in sys.modules
+    assert Entry("x", f"{name}:Computed").summary == "built at import"
+    assert name in sys.modules
+    assert Entry("x", f"{name}:Shadowed").summary == "a literal"
+    assert Entry("x", f"{name}_patched:Patched").summary == "after"
+    assert Entry("x", f"{name}:FromOutside").summary == ""  # OrderedDict has none
+
+    class Callable:
+        summary = "given as a class"
+
+    assert Entry("x", Callable).summary == "given as a class"
+    assert Entry("x", dict).summary == ""
+
+
 def test_builtins_are_registered():
     host = get_host()
     assert "cam-avg" in host.registry("method")
@@ -88,7 +229,7 @@ GOOD = """
 
     @hookimpl
     def wsolbench_register_methods(register):
-        register("third-party-method", "collections:OrderedDict", summary="a test method")
+        register("third-party-method", "collections:OrderedDict")
 """
 
 
@@ -122,6 +263,24 @@ def test_third_party_plugin_loads_and_broken_ones_warn(fake_distribution):
     assert methods.get("cam-avg").distribution == "wsolbench"
     errors = {p.distribution: p.error for p in host.plugins}
     assert errors["fakeplug-good"] is None and errors["fakeplug-broken"]
+
+
+def test_a_summary_passed_to_register_is_ignored_with_a_warning(fake_distribution):
+    fake_distribution("fakeplug-old", "fakeplug_old", """
+        from wsolbench import hookimpl
+
+        class Method:
+            summary = "from the class"
+
+        @hookimpl
+        def wsolbench_register_methods(register):
+            register("old-style-method", f"{__name__}:Method", summary="from the registration")
+        """)
+    host = _host()
+    messages = _load(host)
+    assert any("fakeplug-old" in m and "summary=" in m and "'old-style-method'" in m and "ignored" in m
+               and "class attribute" in m for m in messages), messages
+    assert host.registry("method").get("old-style-method").summary == "from the class"
 
 
 def test_autoload_can_be_disabled_and_allow_listed(fake_distribution, monkeypatch):
@@ -261,3 +420,6 @@ def test_a_factory_that_fails_to_import_is_a_user_error_naming_the_distribution(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "fakeplug-stale" in err and "fakeplug_stale_gone" in err and "Traceback" not in err
+    main(["list", "methods", "stale-*"])  # the listing says so in the summary's place and goes on
+    listing = capsys.readouterr().out
+    assert "stale-method" in listing and "fakeplug_stale_gone.method:Method" in listing and "fails" in listing

@@ -86,32 +86,40 @@ class Cell:
     def key(self) -> str:
         return f"{self.dataset}/{self.name}/seed-{self.seed}"
 
-    def command(self, python: str = sys.executable) -> list[str]:
-        """The ``wsolbench run`` command line of this cell (``run --resume RUN_DIR`` when ``resume``)."""
-        if self.resume:
-            return [python, "-m", "wsolbench", "run", "--quiet", "--resume", str(self.run_dir)]
-        argv = [
-            python, "-m", "wsolbench", "run", "--quiet",
-            "--method", self.method, "--dataset", self.dataset, "--profile", self.profile,
-            "--seed", str(self.seed), "--output-dir", str(self.run_dir.parent), "--run-name", self.run_dir.name,
-        ]
-        if self.data_root:
-            argv += ["--data-root", self.data_root]
-        for item in self.settings():
-            argv += ["--set", item]
-        return argv
+    def options(self) -> dict[str, Any]:
+        """The cell as ``wsolbench run`` options, keyed by that command's parameter names, in command-line order.
 
-    def settings(self) -> list[str]:
-        """The cell's ``--set`` items: the suite's, then its label."""
-        return [*self.sets] + ([f"label={json.dumps(self.label)}"] if self.label else [])
+        ``sets`` holds the ``--set`` items: the suite's, then the label's.
+        ``data_root`` is left out when the cell has none.
+        """
+        options: dict[str, Any] = {
+            "method": self.method, "dataset": self.dataset, "profile": self.profile, "seed": self.seed,
+            "output_dir": str(self.run_dir.parent), "run_name": self.run_dir.name,
+        }
+        if self.data_root:
+            options["data_root"] = self.data_root
+        options["sets"] = [*self.sets] + ([f"label={json.dumps(self.label)}"] if self.label else [])
+        return options
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """The ``wsolbench run`` command line of this cell's :meth:`options` (``run --resume RUN_DIR`` when ``resume``)."""
+        argv = [python, "-m", "wsolbench", "run", "--quiet"]
+        if self.resume:
+            return [*argv, "--resume", str(self.run_dir)]
+        for key, value in self.options().items():
+            if key == "sets":
+                argv += [arg for item in value for arg in ("--set", item)]
+            else:
+                argv += ["--" + key.replace("_", "-"), str(value)]
+        return argv
 
     def config(self) -> Any:
         """The :class:`~wsolbench.config.RunConfig` that the cell's command line resolves to."""
         from wsolbench import config
 
-        options = {"data_root": self.data_root, "seed": self.seed, "output_dir": str(self.run_dir.parent),
-                   "run_name": self.run_dir.name}
-        return config.resolve(self.method, self.dataset, self.profile, options=options, sets=self.settings())
+        options = self.options()
+        method, dataset, profile, sets = (options.pop(key) for key in ("method", "dataset", "profile", "sets"))
+        return config.resolve(method, dataset, profile, options=options, sets=sets)
 
     def matches(self, patterns: Sequence[str]) -> bool:
         names = [self.key, self.dataset, self.name, self.method, f"{self.dataset}/{self.name}"]

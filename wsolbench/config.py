@@ -124,7 +124,20 @@ TOP_KEYS = ("profile", "seed", "device", "output_dir", "run_name", "data_root", 
 FIXED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
 FREE_SECTIONS = ("method", "pooling", "dataset")
 
-#: global profiles; datasets and methods refine them with their own ``profiles``
+#: Global profiles; datasets and methods refine them with their own ``profiles``.
+#:
+#: ``paper`` holds the paper's settings (Belharbi et al.), written only here and
+#: used by every method unless its own ``profiles`` differ. The optimisation is
+#: min-max's reference setup: batch 8; SGD with Nesterov momentum 0.9; lr 1e-3
+#: divided by 10 every 40 epochs, down to 1e-7; weight decay 1e-5; at most 400
+#: epochs. The baselines' setup in the paper's supplementary material (section
+#: B.2) is an ImageNet-pretrained ResNet-18 (the backbone here) trained by SGD
+#: with Nesterov momentum, the model selected on the validation classification
+#: error, 160 epochs on GlaS; their learning rate, weight decay, batch size and
+#: decay schedule were lost from the published text, and min-max's values stand
+#: in for them. What differs per method is in its ``profiles``: min-max's
+#: backbone (ResNet-101) and pooling, the baselines' 160 epochs on GlaS
+#: (``paper/glas``).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "model": {"backbone": "resnet18", "pretrained": False, "output_stride": 8},

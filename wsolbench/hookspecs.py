@@ -7,7 +7,7 @@ decorated with :data:`hookimpl`::
 
     @hookimpl
     def wsolbench_register_methods(register):
-        register("my-method", "my_package.method:MyMethod", summary="...")
+        register("my-method", "my_package.method:MyMethod")
 
 Plug-ins are found through the ``wsolbench`` entry-point group. An
 implementation may accept fewer arguments than its specification lists, so
@@ -25,10 +25,12 @@ came from. ``register`` takes:
     The class to instantiate, or a ``"module:attribute"`` string naming it.
     The string form is preferred: the module is imported only when the
     entry is used, so ``wsolbench list`` and ``--help`` stay fast.
-``summary``
-    One line shown by ``wsolbench list``.
 ``aliases``
     Other names that resolve to the same entry.
+
+The line ``wsolbench list`` shows is not given here: it is the class's
+``summary`` attribute (see the contracts). A ``summary=`` argument, which
+``register`` once took, is accepted but ignored, with a warning.
 """
 
 from __future__ import annotations

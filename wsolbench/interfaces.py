@@ -1,8 +1,12 @@
 """The contracts every plug-in fulfils: :class:`Method`, :class:`Pooling`, :class:`Dataset`.
 
 Per-plug-in facts (does a method need pixel masks for training? gradients at
-inference? which pooling by default?) are class attributes here, never tables
-kept elsewhere.
+inference? which pooling by default? the line ``wsolbench list`` shows?) are
+class attributes here, never tables kept elsewhere, and never repeated at
+registration. ``wsolbench list`` reads ``summary`` from the plug-in module's
+source without importing it when the class (or its base class in the same
+module) assigns it a string literal (:func:`wsolbench.registry.literal_summary`);
+otherwise it imports the module, which costs seconds with torch.
 
 Batches are dictionaries:
 
@@ -53,7 +57,7 @@ class Method(nn.Module):
     where ``params`` are :attr:`defaults` after overrides.
     """
 
-    #: one line for ``wsolbench list``
+    #: one line for ``wsolbench list``, read from the source: keep it a string literal
     summary: ClassVar[str] = ""
     #: training uses pixel masks (full supervision); only such methods receive them
     needs_masks: ClassVar[bool] = False
@@ -140,7 +144,7 @@ class Pooling(nn.Module):
     features, ``in_channels`` of them, and owns its parameters.
     """
 
-    #: one line for ``wsolbench list``
+    #: one line for ``wsolbench list``, read from the source: keep it a string literal
     summary: ClassVar[str] = ""
     #: ``True``: receives the backbone's features (``in_channels``) instead of per-class maps
     consumes_features: ClassVar[bool] = False
@@ -186,7 +190,7 @@ class Dataset:
     from the image's when the evaluation transform resizes it).
     """
 
-    #: one line for ``wsolbench list``
+    #: one line for ``wsolbench list``, read from the source: keep it a string literal
     summary: ClassVar[str] = ""
     #: ``False`` for datasets that need no files (generated on the fly)
     needs_root: ClassVar[bool] = True

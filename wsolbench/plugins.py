@@ -54,7 +54,7 @@ REGISTRATION_HOOKS = {
 
 
 class PluginWarning(UserWarning):
-    """A third-party plug-in could not be loaded; the others still work."""
+    """A third-party plug-in could not be loaded (the others still work), or uses a deprecated argument."""
 
 
 @dataclass
@@ -209,18 +209,25 @@ class PluginHost:
 
 
 def _make_register(kind: str, info: PluginInfo, staged: list[tuple[str, Entry]]):
-    def register(name, factory, *, summary: str = "", aliases=()):  # noqa: ANN001
+    def register(name, factory, *, aliases=(), summary=None):  # noqa: ANN001
         if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
             raise TypeError(f"{kind} {name!r}: factory must be callable or a 'module:attr' string")
         for each in (name, *aliases):
             check_name(kind, each)
+        if summary is not None:
+            warnings.warn(
+                f"{_describe(info)} passes summary= when registering the {kind} {name!r}; that argument is "
+                f"deprecated and ignored: `wsolbench list` shows the class attribute `summary` of {factory!r}. "
+                f"Move the text there and drop the argument.",
+                PluginWarning,
+                stacklevel=2,
+            )
         staged.append(
             (
                 kind,
                 Entry(
                     name=name,
                     factory=factory,
-                    summary=summary,
                     aliases=tuple(aliases),
                     plugin=info.name,
                     distribution=info.distribution,

@@ -29,7 +29,7 @@ _SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 
 
 class Synthetic(Dataset):
-    summary = "textured objects among distractors, generated on the fly"
+    summary = "generated on the fly: textured objects among distractors, exact masks (no download)"
     needs_root = False
     defaults: ClassVar[dict[str, Any]] = {
         "classes": 2,

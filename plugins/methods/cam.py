@@ -10,27 +10,16 @@ from typing import Any, ClassVar
 
 from wsolbench.models import CamMethod
 
-#: The paper's setup for every baseline (Belharbi et al., supplementary B.2):
-#: ImageNet-pretrained ResNet-18, SGD with Nesterov momentum, model selection on
-#: the validation classification error, 160 epochs on GlaS. The learning rate,
-#: weight decay, batch size and decay schedule of the baselines were lost from the
-#: published text; the min-max reference values stand in for them (lr 1e-3 decayed
-#: x0.1 every 40 epochs, weight decay 1e-5, batch 8). They are spelled out here so
-#: that the baselines keep them whatever the global ``paper`` profile becomes.
+#: What the paper's baselines change in the global ``paper`` profile
+#: (:data:`wsolbench.config.PROFILES`, which also says where its values come
+#: from): 160 epochs on GlaS (Belharbi et al., supplementary B.2).
 PAPER_BASELINE_PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {
-        "model": {"backbone": "resnet18", "pretrained": True},
-        "train": {
-            "epochs": 400, "batch_size": 8, "lr": 1e-3, "momentum": 0.9, "nesterov": True,
-            "weight_decay": 1e-5, "schedule": "step", "lr_step": 40, "lr_gamma": 0.1,
-        },
-    },
     "paper/glas": {"train": {"epochs": 160}},
 }
 
 
 class CamBaseline(CamMethod):
-    """A CAM method with the paper's baseline settings in its ``paper`` profiles."""
+    """A CAM method with the paper's baseline settings (:data:`PAPER_BASELINE_PROFILES`)."""
 
     profiles: ClassVar[dict[str, dict[str, Any]]] = PAPER_BASELINE_PROFILES
 

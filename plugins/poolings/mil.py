@@ -25,7 +25,7 @@ class GatedAttentionPooling(Pooling):
     positions). ``gated = false`` drops the sigmoid gate (plain attention).
     """
 
-    summary = "gated-attention deep MIL over positions, one attention map per class (the class maps)"
+    summary = "gated-attention deep MIL (Ilse et al.) over positions, one attention map per class"
     consumes_features: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {"attention_dim": 128, "gated": True}
 

@@ -15,7 +15,7 @@ from wsolbench.interfaces import Pooling
 class AvgPooling(Pooling):
     """Global average pooling (Zhou et al., CVPR 2016): ``s_k = mean_{i,j} M_k[i, j]``."""
 
-    summary = "global average pooling"
+    summary = "global average pooling of class maps (CAM)"
     defaults: ClassVar[dict[str, Any]] = {}
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -25,7 +25,7 @@ class AvgPooling(Pooling):
 class MaxPooling(Pooling):
     """Global max pooling (Oquab et al., CVPR 2015): ``s_k = max_{i,j} M_k[i, j]``."""
 
-    summary = "global max pooling"
+    summary = "global max pooling of class maps"
     defaults: ClassVar[dict[str, Any]] = {}
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -40,7 +40,7 @@ class LsePooling(Pooling):
     Computed as ``(logsumexp(r M_k) - log(h w)) / r``, which never overflows.
     """
 
-    summary = "log-sum-exp pooling, sharpness r (max as r grows, mean as r shrinks)"
+    summary = "log-sum-exp pooling of class maps, sharpness r (max as r grows, mean as r shrinks)"
     defaults: ClassVar[dict[str, Any]] = {"r": 10.0}
 
     def __init__(self, num_classes: int, in_channels: int | None = None, **params: Any):

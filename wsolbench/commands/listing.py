@@ -1,4 +1,8 @@
-"""``wsolbench list``: fast, never imports torch."""
+"""``wsolbench list``: fast, never imports torch.
+
+The summaries are the plug-in classes' ``summary`` attributes, read from their
+modules' source (:attr:`wsolbench.registry.Entry.summary`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
     from rich.table import Table
 
     from wsolbench.console import out
+    from wsolbench.errors import PluginImportError
     from wsolbench.plugins import DISABLE_AUTOLOAD_ENV, get_host
 
     host = get_host()
@@ -28,7 +33,11 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
         table.add_column("plug-in", style="dim")
         for entry in registry.entries(globs):
             aliases = f" (alias: {', '.join(entry.aliases)})" if entry.aliases else ""
-            table.add_row(entry.name + aliases, entry.summary, f"{entry.distribution} {entry.version}")
+            try:
+                summary = escape(entry.summary)
+            except PluginImportError:
+                summary = f"[red]{escape(entry.factory)} fails to import[/red]"
+            table.add_row(entry.name + aliases, summary, f"{entry.distribution} {entry.version}")
         out.print(table)
     if what in ("plugins", "all"):
         ctx = click.get_current_context()

@@ -25,7 +25,6 @@ cross-entropy, the predicted class's map localizes.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from wsolbench.config import deep_merge
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import StepOutput
 from wsolbench.models import CamMethod
@@ -77,10 +77,8 @@ def hide(images: Tensor, hidden: Tensor) -> Tensor:
 
 
 def _paper_profiles() -> dict[str, dict[str, Any]]:
-    """The baselines' ``paper`` settings (so its rows compare like with like) plus the paper's patch sizes."""
-    profiles = copy.deepcopy(PAPER_BASELINE_PROFILES)
-    profiles["paper"]["method"] = {"patch_sizes": list(PAPER_PATCH_SIZES)}
-    return profiles
+    """The baselines' changes to the ``paper`` profile (so its rows compare like with like) plus the paper's patch sizes."""
+    return deep_merge(PAPER_BASELINE_PROFILES, {"paper": {"method": {"patch_sizes": list(PAPER_PATCH_SIZES)}}})
 
 
 class HideAndSeek(CamMethod):

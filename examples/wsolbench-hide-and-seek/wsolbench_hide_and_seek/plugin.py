@@ -2,8 +2,10 @@
 
 It imports nothing heavy: each factory is a ``"module:attribute"`` string that
 wsolbench imports only when the name is used, so ``wsolbench list`` and
-``wsolbench --help`` stay fast. The command is imported when the command line
-is built, and its module keeps torch out of its top level for the same reason.
+``wsolbench --help`` stay fast; the line ``wsolbench list`` shows for each is
+its class's ``summary``, which wsolbench reads from the module's source. The
+command is imported when the command line is built, and its module keeps torch
+out of its top level for the same reason.
 """
 
 from wsolbench import hookimpl
@@ -13,17 +15,12 @@ _HERE = "wsolbench_hide_and_seek"
 
 @hookimpl
 def wsolbench_register_methods(register):
-    register(
-        "hide-and-seek",
-        f"{_HERE}.method:HideAndSeek",
-        summary="Hide-and-Seek: CAM trained on images with random grid patches hidden",
-        aliases=("has",),
-    )
+    register("hide-and-seek", f"{_HERE}.method:HideAndSeek", aliases=("has",))
 
 
 @hookimpl
 def wsolbench_register_poolings(register):
-    register("gem", f"{_HERE}.pooling:GemPooling", summary="generalized-mean (GeM) pooling of features, exponent p")
+    register("gem", f"{_HERE}.pooling:GemPooling")
 
 
 @hookimpl

@@ -27,7 +27,7 @@ from wsolbench.interfaces import Pooling
 class GemPooling(Pooling):
     """GeM over the positions of each feature channel, then a linear classifier; CAMs as class maps."""
 
-    summary = "generalized-mean pooling of features (exponent p, learned), linear classifier, CAM maps"
+    summary = "generalized-mean (GeM) pooling of features (exponent p, learned), linear classifier, CAM maps"
     consumes_features: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {"p": 3.0, "learn_p": True, "eps": 1e-6}
 
