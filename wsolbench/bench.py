@@ -147,10 +147,6 @@ SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_
               "additional")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-.") or "run"
-
-
 def _check_table(table: Any, where: str, known: Sequence[str]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise SuiteError(f"{where} must be a table")
@@ -194,7 +190,7 @@ def load_suite(
     if not datasets:
         raise SuiteError("suite.datasets must name at least one dataset")
     suite_sets = _strings(head.get("set", []), "suite.set")
-    out = Path(output_dir if output_dir is not None else head.get("output_dir", f"runs/{_slug(name)}"))
+    out = Path(output_dir if output_dir is not None else head.get("output_dir", f"runs/{runs.slug(name)}"))
 
     per_dataset = _check_table(doc.get("datasets", {}), "[datasets]", datasets)
     roots: dict[str, str | None] = {}
@@ -232,7 +228,7 @@ def load_suite(
         for dataset in targets:
             if dataset not in datasets:
                 raise UnknownNameError(f"dataset in {where}", dataset, datasets)
-        dirname = _slug(label) if label else _slug("+".join([method, *sets]))
+        dirname = runs.slug(label) if label else runs.slug("+".join([method, *sets]))
         if dirname in seen:
             raise SuiteError(f"{where} and {seen[dirname]} share the directory name {dirname!r}: give them labels")
         seen[dirname] = where
@@ -243,7 +239,7 @@ def load_suite(
                 suite.cells.append(
                     Cell(
                         name=dirname, method=method, dataset=dataset, seed=seed, profile=profile,
-                        run_dir=out / _slug(dataset) / dirname / f"seed-{seed}", data_root=roots[dataset],
+                        run_dir=out / runs.slug(dataset) / dirname / f"seed-{seed}", data_root=roots[dataset],
                         sets=tuple(suite_sets + dataset_sets[dataset] + sets + list(extra_sets)), label=label,
                     )
                 )
@@ -280,13 +276,13 @@ def can_resume(cell: Cell) -> bool:
     from wsolbench.checkpoints import as_stored_json
     from wsolbench.runner import RESUMABLE
 
+    run_dir = runs.RunDir(cell.run_dir, read_only=True)
     try:
-        if runs.read_json(cell.run_dir / runs.MANIFEST).get("status") not in RESUMABLE:
+        if run_dir.read_manifest().get("status") not in RESUMABLE:
             return False
-        if not (cell.run_dir / "last.pt").is_file():
+        if not (run_dir.path / runs.LAST).is_file():
             return False
-        saved = runs.read_json(cell.run_dir / "config.json")
-        return as_stored_json(cell.config().to_dict()) == saved
+        return as_stored_json(cell.config().to_dict()) == run_dir.read_json(runs.CONFIG)
     except (OSError, ValueError, AttributeError, UserError):
         return False
 

@@ -628,11 +628,10 @@ def metrics() -> str:
             for m in METRICS.values()]
     defaults = EvalConfig()
     recorded = protocol_record(defaults.threshold, defaults.bins)
-    titles = {m.name: m.title for m in METRICS.values()}
     protocol_rows = []
     for p in PROTOCOLS.values():
         members = [m for m in METRICS.values() if m.protocol == p.name]
-        note = p.note.format(**titles, pct="%", starred=", ".join(m.title for m in members))
+        note = p.note.format(metrics=", ".join(m.title for m in members), pct="%")
         protocol_rows.append((f"`{p.name}`", ", ".join(f"`{m.name}`" for m in members), note,
                               recorded.get(p.name, "")))
     return _join([

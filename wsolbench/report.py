@@ -35,7 +35,7 @@ import pandas as pd
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.metrics import METRICS, PROTOCOLS
-from wsolbench.runs import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS
+from wsolbench.runs import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS, slug
 from wsolbench.utils import read_json
 
 CRF_SUFFIX = " + CRF"
@@ -480,7 +480,7 @@ def draw_curves(runs: pd.DataFrame, directory: str | os.PathLike, summary: pd.Da
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset, curves in dataset_curves(runs, summary).items():
-        stem = "pr_" + "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset)
+        stem = "pr_" + slug(dataset)
         written += draw_pr_curves(
             curves, directory / stem, title=f"{dataset}: pixel precision-recall", formats=("png", "pdf")
         )

@@ -44,7 +44,7 @@ def demo(dataset, data_root, profile, sets, split, index, patch_sizes, hide_prob
     import torch
     from PIL import Image
 
-    from wsolbench import config, engine
+    from wsolbench import assembly, config
     from wsolbench.errors import UserError
     from wsolbench.extras import raw_rgb
     from wsolbench.transforms import IMAGENET_MEAN
@@ -52,7 +52,7 @@ def demo(dataset, data_root, profile, sets, split, index, patch_sizes, hide_prob
     from wsolbench_hide_and_seek.method import hiding_mask
 
     cfg = config.resolve("hide-and-seek", dataset, profile, None, {"data_root": data_root}, list(sets))
-    data = engine.build_dataset(cfg)
+    data = assembly.build_dataset(cfg)
     if split not in data.split_names:
         raise UserError(f"dataset {dataset!r} has no split {split!r}; its splits: {', '.join(data.split_names)}")
     items = data.split(split, train=False)
