@@ -17,7 +17,9 @@ import time
 
 import torch
 
-from wsolbench import assembly, config, distributed, engine
+from wsolbench import assembly, config
+from wsolbench.training import distributed
+from wsolbench.training import engine
 
 
 def loader_seconds_per_batch(split, cfg, device, workers: int, batches: int) -> float:

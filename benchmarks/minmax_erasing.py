@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def choose_dataset(args: argparse.Namespace) -> str:
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     if args.dataset != "auto":
         return args.dataset
@@ -71,7 +71,7 @@ def choose_dataset(args: argparse.Namespace) -> str:
 
 def make_config(args: argparse.Namespace, dataset: str, u: int, workers: int):
     from wsolbench import config
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     pooling = args.pooling or ("wildcat" if "wildcat" in registry("pooling").names() else "avg")
     sets = [
@@ -98,7 +98,8 @@ def build(cfg, split=None):
     """
     import torch
 
-    from wsolbench import assembly, engine
+    from wsolbench import assembly
+    from wsolbench.training import engine
     from wsolbench.utils import seed_everything
 
     device = torch.device(cfg.device)

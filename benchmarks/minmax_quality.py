@@ -20,7 +20,7 @@ COLUMNS = (("cl_error", "cl. error %"), ("f1_pos", "F1+"), ("f1_neg", "F1-"), ("
 
 
 def contenders(pooling_for_minmax: str | None) -> list[tuple[str, list[str]]]:
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     minmax_pool = [f"model.pooling={pooling_for_minmax}"] if pooling_for_minmax else []
     out = [("minmax", ["method.u=0", *minmax_pool]), ("minmax", ["method.u=4", *minmax_pool]), ("cam-avg", [])]
@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.table import Table
 
-    from wsolbench import config, runner
-    from wsolbench.console import out
-    from wsolbench.plugins import registry
+    from wsolbench import config
+    from wsolbench.training import runner
+    from wsolbench.cli.console import out
+    from wsolbench.plugin_host import registry
 
     pooling = args.pooling or ("wildcat" if "wildcat" in registry("pooling").names() else "avg")
     common = [*args.sets, "device=cpu"] + ([f"train.epochs={args.epochs}"] if args.epochs is not None else [])

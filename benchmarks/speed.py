@@ -43,8 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsolbench import assembly, config, distributed, engine
-from wsolbench.metrics import LocalizationAccumulator, histogram_metrics
+from wsolbench import assembly, config
+from wsolbench.training import distributed
+from wsolbench.training import engine
+from wsolbench.scoring.metrics import LocalizationAccumulator, histogram_metrics
 
 HERE = Path(__file__).resolve().parent
 
@@ -290,7 +292,7 @@ def metrics(args: argparse.Namespace, device: torch.device) -> None:
 
 # -- 4. min-max erasing ----------------------------------------------------------------
 def minmax(args: argparse.Namespace, device: torch.device) -> None:
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     print("\n4. min-max recursive erasing (u = 4 over u = 0)")
     script = HERE / "minmax_erasing.py"

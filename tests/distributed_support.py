@@ -91,7 +91,7 @@ def check_steps(rank: int, world: int, store: str) -> None:
 
 
 def _one_step(method: Method, rank: int, world: int) -> dict:
-    from wsolbench import distributed
+    from wsolbench.training import distributed
 
     expected = reference_gradients(method, world)
     ctx = distributed.Context(world, rank, rank)

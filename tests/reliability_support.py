@@ -32,7 +32,7 @@ def plugin_host():
     """
     import torch
 
-    import wsolbench.plugins as plugins
+    import wsolbench.plugin_host as plugins
 
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:

@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO, run_cli, shared_data
 from reliability_support import FAST, cli, finished_run, plugin_host
-from wsolbench import runs
+from wsolbench.runs import rundir
 from wsolbench.errors import DataError
 
 
@@ -30,7 +30,7 @@ def base_run(tmp_path_factory, host) -> Path:
 
 
 def interrupted(run: Path) -> None:
-    runs.RunDir(run).update_manifest(status="interrupted")
+    rundir.RunDir(run).update_manifest(status="interrupted")
 
 
 def edit_checkpoint(**changes):
@@ -127,16 +127,16 @@ def test_bad_input_exits_2_with_one_paragraph(args, expected, prepare, tmp_path,
 def test_a_run_being_written_is_refused(tmp_path, host, base_run):
     run = Path(shutil.copytree(base_run, tmp_path / "run"))
     interrupted(run)
-    writer = runs.RunDir(run)
+    writer = rundir.RunDir(run)
     writer.acquire()
     try:
         code, err = cli("run", "--resume", str(run))
         assert code == 2 and "is being written by process" in err
-        with pytest.raises(runs.RunLockedError):
-            runs.RunDir(run).acquire()
+        with pytest.raises(rundir.RunLockedError):
+            rundir.RunDir(run).acquire()
     finally:
         writer.release()
-    other = runs.RunDir(run)
+    other = rundir.RunDir(run)
     other.acquire()  # free once released; a lock file left by a killed process never blocks
     other.release()
 
@@ -154,7 +154,7 @@ def test_settings_that_exhaust_memory_get_a_message_and_a_failed_run(tmp_path):
                    "--output-dir", str(tmp_path), "--run-name", "huge")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "out of memory" in proc.stderr and "batch size" in proc.stderr
-    assert runs.read_json(tmp_path / "huge" / "manifest.json")["status"] == "failed"
+    assert rundir.read_json(tmp_path / "huge" / "manifest.json")["status"] == "failed"
 
 
 # -- security -------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_every_checkpoint_load_is_weights_only():
 
 
 def test_split_file_paths_cannot_leave_the_data_root(tmp_path):
-    from wsolbench.data import resolve_under
+    from wsolbench.data.samples import resolve_under
 
     root = tmp_path / "glas"
     assert resolve_under(root, "images/a.png") == root / "images" / "a.png"
@@ -218,7 +218,7 @@ def test_plugin_autoload_can_be_switched_off_from_the_command_line(tmp_path):
 
 # -- data files -------------------------------------------------------------------
 def test_a_corrupt_glas_image_or_mask_is_named(tmp_path):
-    from wsolbench.data import check_sizes, read_image, read_mask_array
+    from wsolbench.data.samples import check_sizes, read_image, read_mask_array
 
     source = shared_data("glas", "testA_1.png")
     for name, reader in (("testA_1.png", read_image), ("testA_1_anno.png", read_mask_array)):

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsolbench import assembly, config, engine, runner
+from wsolbench import assembly, config
+from wsolbench.training import engine
+from wsolbench.training import runner
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Method, ModelSpec, StepOutput
 from wsolbench.models import minmax_normalize, upsample
@@ -103,8 +105,8 @@ def test_allones_scores_f1_neg_zero_and_f1_pos_of_an_all_foreground_mask(tmp_pat
     assert results["cl_error"] is None and results["valid_error"] is None and results["best_epoch"] == -1
     assert not (result.run_dir.path / "metrics.jsonl").exists()  # nothing was trained
 
-    from wsolbench.commands.run import print_results
-    from wsolbench.console import out
+    from wsolbench.cli.run import print_results
+    from wsolbench.cli.console import out
 
     with out.capture() as captured:
         print_results(results, str(result.run_dir.path))

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, run_cli
-from wsolbench import bench
-from wsolbench.runs import RunDir
-from wsolbench import report as rep
+from wsolbench.runs import suite as bench
+from wsolbench.runs.rundir import RunDir
+from wsolbench.runs import report as rep
 from wsolbench.cli import main
 from wsolbench.errors import UnknownNameError, UserError
 
@@ -99,7 +99,7 @@ CELLS = [
 
 @pytest.mark.parametrize("cell", CELLS, ids=lambda cell: cell.key)
 def test_a_cells_command_line_is_its_options_and_resolves_to_its_config(cell, capsys):
-    from wsolbench.commands.run import run
+    from wsolbench.cli.run import run
 
     argv = cell.command("py")
     assert argv[:5] == ["py", "-m", "wsolbench", "run", "--quiet"]

@@ -6,7 +6,7 @@ import pytest
 
 from wsolbench import config
 from wsolbench.errors import ConfigError, UnknownNameError
-from wsolbench.plugins import registry
+from wsolbench.plugin_host import registry
 
 
 def test_parse_sets_uses_toml_values():

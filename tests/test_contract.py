@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsolbench.plugins import registry
+from wsolbench.plugin_host import registry
 from wsolbench.testing import check_dataset, check_method, check_pooling
 
 #: small settings per dataset that needs no files (the kit reads the first items of each split)

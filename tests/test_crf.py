@@ -10,7 +10,8 @@ import pytest
 from scipy import ndimage
 
 from conftest import TINY
-from wsolbench import config, crf
+from wsolbench import config
+from wsolbench.scoring import crf
 from wsolbench.errors import ConfigError
 
 
@@ -97,7 +98,7 @@ def test_run_with_crf_reports_both(tmp_path):
 
 
 def test_glas_brings_the_papers_histology_parameters():
-    from wsolbench.crf import HISTOLOGY, params_for
+    from wsolbench.scoring.crf import HISTOLOGY, params_for
     from wsolbench_plugins.datasets.glas import Glas
 
     assert params_for(Glas) == HISTOLOGY

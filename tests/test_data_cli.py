@@ -16,7 +16,7 @@ import pytest
 from fixture_trees import GLAS_TEST, make_glas
 
 from wsolbench.cli import main
-from wsolbench.download import Resource, extract, fetch
+from wsolbench.data.download import Resource, extract, fetch
 from wsolbench.errors import DataError
 
 TINY_GLAS = [
@@ -39,7 +39,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     """Rich wraps at 80 columns when not on a terminal; long temporary paths would wrap."""
-    from wsolbench import console
+    from wsolbench.cli import console
 
     for name in ("out", "err"):
         monkeypatch.setattr(getattr(console, name), "width", 250)

@@ -26,8 +26,8 @@ from PIL import Image
 from scipy import ndimage
 
 from wsolbench import config
-from wsolbench.data import Record, eval_collate
-from wsolbench.datasets import ceil_share, limit_per_class, safe_path, stratified_holdout, verify
+from wsolbench.data.samples import Record, eval_collate
+from wsolbench.data.files import ceil_share, limit_per_class, safe_path, stratified_holdout, verify
 from wsolbench.errors import ConfigError, DataError
 from wsolbench_plugins.datasets.cub import CUB5_CLASSES, Cub, Cub5
 from wsolbench_plugins.datasets.folder import Folder
@@ -248,7 +248,7 @@ def test_items_train_crops_move_masks_and_eval_keeps_mask_resolution(trees):
 
 
 def test_cache_small_splits_only(trees, monkeypatch):
-    import wsolbench.datasets as module
+    import wsolbench.data.files as module
 
     calls = []
     original = module.read_image

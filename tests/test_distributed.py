@@ -15,9 +15,9 @@ import torch
 
 import distributed_support
 from conftest import TINY
-from wsolbench import distributed
+from wsolbench.training import distributed
 from wsolbench.cli import main
-from wsolbench.distributed import Context, shard_batches
+from wsolbench.training.distributed import Context, shard_batches
 from wsolbench.errors import UserError
 
 METRICS = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best", "n_images")
@@ -128,7 +128,7 @@ def test_two_process_run_equals_single_process_evaluation_of_its_checkpoint(tmp_
 
 
 def test_minmax_trains_on_two_processes(tmp_path):
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     if "minmax" not in registry("method").names():
         pytest.skip("the minmax method is not installed")

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from wsolbench import docs, hookspecs
-from wsolbench.plugins import PluginInfo, _make_register
+from wsolbench.plugin_host import PluginInfo, _make_register
 
 from conftest import REPO
 
@@ -56,7 +56,7 @@ def test_every_generator_and_every_built_in_command_has_its_section():
 
 
 def _new_metric(monkeypatch):
-    from wsolbench import metrics
+    from wsolbench.scoring import metrics
 
     extra = metrics.Metric("loc_acc", "Loc.", "Loc.", "higher", "f1", "a metric added to the code")
     monkeypatch.setitem(metrics.METRICS, extra.name, extra)
@@ -68,7 +68,7 @@ def _new_method_parameter(monkeypatch):
 
 
 def _new_option_help(monkeypatch):
-    from wsolbench.commands.run import run
+    from wsolbench.cli.run import run
 
     monkeypatch.setattr(next(p for p in run.params if p.name == "seed"), "help", "A changed help text.")
 

@@ -14,7 +14,7 @@ from conftest import TINY
 from wsolbench import config
 from wsolbench.errors import ConfigError, UnknownNameError
 from wsolbench.interfaces import ModelSpec
-from wsolbench.plugins import registry
+from wsolbench.plugin_host import registry
 from wsolbench_plugins.methods.minmax import (
     MinMaxEntropy,
     positive_map,
@@ -490,7 +490,7 @@ def test_paper_profile_and_pooling_settings_that_fit_the_chosen_pooling():
 
 
 def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
-    from wsolbench import runner
+    from wsolbench.training import runner
 
     sets = [f"model.pooling={_pooling()}", f"model.backbone={BACKBONE}", "train.epochs=1", "method.erase_start_epoch=0"]
     sets += [item for item in TINY[:-2] if item != "--set"]

@@ -56,7 +56,7 @@ def test_select_class_maps():
 
 
 def test_cam_avg_scores_are_mean_of_class_maps_and_maps_are_normalised():
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     torch.manual_seed(0)
     method = registry("method").create("cam-avg", num_classes=3, model=ModelSpec("resnet18"))

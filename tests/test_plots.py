@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from wsolbench import plots
-from wsolbench import report as rep
-from wsolbench.metrics import LocalizationAccumulator, precision_recall_curve
+from wsolbench.scoring import plots
+from wsolbench.runs import report as rep
+from wsolbench.scoring.metrics import LocalizationAccumulator, precision_recall_curve
 
 
 def square_sample(size: int = 20) -> plots.Sample:

@@ -147,7 +147,7 @@ def plugins_from(site: Path, cwd: Path):
     """This interpreter, in ``cwd``, with the distributions installed in ``site`` loaded; all undone afterwards."""
     import torch
 
-    import wsolbench.plugins as plugins
+    import wsolbench.plugin_host as plugins
     from wsolbench.cli import cli
 
     before, was_added, commands = os.getcwd(), cli._plugins_added, dict(cli.commands)
@@ -330,7 +330,7 @@ def test_the_subcommand_shows_exactly_the_methods_hiding(ws):
     import torch
     from PIL import Image
 
-    from wsolbench.transforms import IMAGENET_MEAN
+    from wsolbench.data.transforms import IMAGENET_MEAN
 
     listing = ws.run([sys.executable, "-c", NO_TORCH])  # the plug-ins keep `--help` and `list` light
     assert listing.returncode == 0 and "hide-and-seek-demo" in listing.stdout, listing.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from wsolbench import report as rep
+from wsolbench.runs import report as rep
 
 from test_report import cli, fake_run
 

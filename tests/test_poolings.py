@@ -9,7 +9,7 @@ import torch
 
 from wsolbench import config
 from wsolbench.errors import ConfigError
-from wsolbench.plugins import registry
+from wsolbench.plugin_host import registry
 
 # one image, two classes, 2x3 positions
 X = torch.tensor(

@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from wsolbench.errors import DuplicateNameError, UnknownNameError
-from wsolbench.plugins import PluginHost, PluginWarning, get_host
+from wsolbench.plugin_host import PluginHost, PluginWarning, get_host
 from wsolbench.registry import Entry, Registry, literal_summary
 
 from plugin_support import write_distribution
@@ -206,7 +206,7 @@ def fake_distribution(tmp_path, monkeypatch):
 
     Afterwards the path is gone and the process-wide plugin host is rebuilt on next use.
     """
-    import wsolbench.plugins as plugins
+    import wsolbench.plugin_host as plugins
 
     roots = []
 
@@ -284,7 +284,7 @@ def test_a_summary_passed_to_register_is_ignored_with_a_warning(fake_distributio
 
 
 def test_autoload_can_be_disabled_and_allow_listed(fake_distribution, monkeypatch):
-    import wsolbench.plugins as plugins
+    import wsolbench.plugin_host as plugins
 
     fake_distribution("fakeplug-good", "fakeplug_good", GOOD)
     monkeypatch.setenv("WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -381,7 +381,7 @@ def test_plugin_commands_cannot_replace_taken_names(fake_distribution):
     host = _host()
     assert _load(host) == []
     group = click.Group("wsolbench")
-    group.lazy = {"run": ("wsolbench.commands.run:run", "")}  # as the real group keeps its built-ins
+    group.lazy = {"run": ("wsolbench.cli.run:run", "")}  # as the real group keeps its built-ins
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         host.add_commands(group)
@@ -397,7 +397,7 @@ def test_plugin_commands_cannot_replace_taken_names(fake_distribution):
 
 
 def test_a_factory_that_fails_to_import_is_a_user_error_naming_the_distribution(fake_distribution, capsys):
-    import wsolbench.plugins as plugins
+    import wsolbench.plugin_host as plugins
     from wsolbench.cli import main
     from wsolbench.errors import PluginImportError
 

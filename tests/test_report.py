@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wsolbench import report as rep
+from wsolbench.runs import report as rep
 
 
 def fake_run(root: Path, name: str, label: str, dataset: str, seed: int, status: str = "completed",

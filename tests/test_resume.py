@@ -18,7 +18,7 @@ import torch
 from reliability_support import (
     FAST, cli, finished_run, metric_rows, outcome, plugin_host, read_json, subprocess_env,
 )
-from wsolbench import runs
+from wsolbench.runs import rundir
 
 EPOCHS = 3
 #: 16 training images in batches of 8: two steps per epoch; global step 3 is epoch 1, step 1
@@ -132,7 +132,7 @@ def test_kill_between_last_row_and_checkpoint_or_before_testing(tmp_path, host, 
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": EPOCHS, "train_loss": 1.0}) + "\n" + '{"epoch": 9, "lr"')
     (run / ".last.pt.abc.tmp").write_bytes(b"half a checkpoint")
-    runs.RunDir(run).update_manifest(status="running")
+    rundir.RunDir(run).update_manifest(status="running")
     code, err = cli("run", "--resume", str(run), "-q")
     assert code == 0, err
     assert outcome(run) == outcome(reference)  # no epoch retrained, the extra rows dropped
@@ -140,13 +140,13 @@ def test_kill_between_last_row_and_checkpoint_or_before_testing(tmp_path, host, 
 
 
 def test_resume_rewrites_best_from_last_when_killed_between_them(tmp_path, host, reference):
-    from wsolbench.runner import open_run
+    from wsolbench.training.runner import open_run
 
     run = Path(shutil.copytree(reference, tmp_path / "copy"))
     last = torch.load(run / "last.pt", weights_only=True)
     last["train_state"]["best"]["epoch"] = last["epoch"]  # last.pt improved, best.pt not yet written
     torch.save(last, run / "last.pt")
-    runs.RunDir(run).update_manifest(status="interrupted")
+    rundir.RunDir(run).update_manifest(status="interrupted")
     point = open_run(run)
     point.run_dir.release()
     best = torch.load(run / "best.pt", weights_only=True)
@@ -156,7 +156,7 @@ def test_resume_rewrites_best_from_last_when_killed_between_them(tmp_path, host,
 
 @pytest.mark.parametrize("interval", [1, 25], ids=["every-step", "every-25-steps-as-on-a-gpu"])
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, host, monkeypatch, interval):
-    from wsolbench import engine
+    from wsolbench.training import engine
 
     # on a GPU the host looks at the loss every 25 steps; the step reported is still the first bad one
     monkeypatch.setattr(engine, "loss_check_interval", lambda device: interval)
@@ -185,14 +185,14 @@ def test_a_crash_marks_the_run_failed_with_its_reason(tmp_path, host):
 
 
 def test_a_full_disk_fails_the_run_keeps_its_epochs_and_it_resumes(tmp_path, host, reference, monkeypatch):
-    real = runs.free_mb
+    real = rundir.free_mb
     calls = []
 
     def filling_up(path):  # plenty for the start and epoch 0's checkpoints, then nothing
         calls.append(path)
         return real(path) if len(calls) <= 3 else 0.0
 
-    monkeypatch.setattr(runs, "free_mb", filling_up)
+    monkeypatch.setattr(rundir, "free_mb", filling_up)
     code, err = cli(*run_args(tmp_path, "full"))
     assert code == 2 and "too little disk space" in err and "--resume" in err
     run = tmp_path / "full"
@@ -202,7 +202,7 @@ def test_a_full_disk_fails_the_run_keeps_its_epochs_and_it_resumes(tmp_path, hos
     assert [r["epoch"] for r in metric_rows(run)] == [0, 1]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
 
-    monkeypatch.setattr(runs, "free_mb", real)
+    monkeypatch.setattr(rundir, "free_mb", real)
     code, err = cli("run", "--resume", str(run), "-q")
     assert code == 0, err
     assert outcome(run) == outcome(reference)
@@ -216,7 +216,7 @@ def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
 
     import numpy as np
 
-    from wsolbench.checkpoints import rng_state, set_rng_state
+    from wsolbench.training.checkpoints import rng_state, set_rng_state
 
     def draw():
         return torch.rand(3).tolist(), np.random.standard_normal(3).tolist(), [random.random() for _ in range(3)]
@@ -233,7 +233,7 @@ def test_random_states_survive_a_checkpoint_round_trip(tmp_path):
 
 
 def test_epoch_seeds_depend_on_seed_and_epoch_only():
-    from wsolbench.checkpoints import epoch_seed
+    from wsolbench.training.checkpoints import epoch_seed
 
     seeds = {epoch_seed(s, e) for s in (0, 1, -1) for e in range(50)}
     assert len(seeds) == 150 and all(0 <= x < 2**64 for x in seeds)
@@ -241,37 +241,37 @@ def test_epoch_seeds_depend_on_seed_and_epoch_only():
 
 
 def test_is_complete(tmp_path, reference):
-    assert runs.is_complete(reference)
+    assert rundir.is_complete(reference)
     run = Path(shutil.copytree(reference, tmp_path / "copy"))
-    runs.RunDir(run).update_manifest(status="interrupted")
-    assert not runs.is_complete(run)
-    runs.RunDir(run).update_manifest(status="completed")
+    rundir.RunDir(run).update_manifest(status="interrupted")
+    assert not rundir.is_complete(run)
+    rundir.RunDir(run).update_manifest(status="completed")
     (run / "results.json").unlink()
-    assert not runs.is_complete(run) and not runs.is_complete(tmp_path / "absent")
+    assert not rundir.is_complete(run) and not rundir.is_complete(tmp_path / "absent")
 
 
 def test_a_checkpoint_that_would_fill_the_disk_is_not_written(tmp_path, monkeypatch):
     import errno
 
-    run = runs.RunDir(tmp_path)
+    run = rundir.RunDir(tmp_path)
     run.save_checkpoint("last.pt", {"epoch": 0})
-    monkeypatch.setattr(runs, "free_mb", lambda path: 50.0)
-    with pytest.raises(runs.DiskFullError, match="50 MiB free; writing 0.0 MiB would leave less than the 100 MiB"):
+    monkeypatch.setattr(rundir, "free_mb", lambda path: 50.0)
+    with pytest.raises(rundir.DiskFullError, match="50 MiB free; writing 0.0 MiB would leave less than the 100 MiB"):
         run.save_checkpoint("last.pt", {"epoch": 1}, reserve_mb=100)
     assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 0}
 
     def no_space(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs, "atomic_write_bytes", no_space)
-    with pytest.raises(runs.DiskFullError, match="the disk is full: cannot write .*last.pt.*--resume"):
+    monkeypatch.setattr(rundir, "atomic_write_bytes", no_space)
+    with pytest.raises(rundir.DiskFullError, match="the disk is full: cannot write .*last.pt.*--resume"):
         run.save_checkpoint("last.pt", {"epoch": 1})
     assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 0}
 
 
 def test_tuples_in_the_configuration_do_not_look_like_an_edited_run(tmp_path, host, reference):
     """config.json stores a tuple setting as a list; last.pt keeps the tuple."""
-    from wsolbench.runner import open_run
+    from wsolbench.training.runner import open_run
 
     run = Path(shutil.copytree(reference, tmp_path / "copy"))
     last = torch.load(run / "last.pt", weights_only=True)
@@ -280,7 +280,7 @@ def test_tuples_in_the_configuration_do_not_look_like_an_edited_run(tmp_path, ho
     config = read_json(run / "config.json")
     config["model"]["backbone_params"]["out_indices"] = [4]
     (run / "config.json").write_text(json.dumps(config))
-    runs.RunDir(run).update_manifest(status="interrupted")
+    rundir.RunDir(run).update_manifest(status="interrupted")
     open_run(run).run_dir.release()
 
 
@@ -288,8 +288,8 @@ def test_the_training_state_loads_weights_only_into_fresh_objects(tmp_path):
     import io
 
     from wsolbench.config import RunConfig
-    from wsolbench.engine import make_optimizer, make_scheduler
-    from wsolbench.checkpoints import TrainState, restore_training, training_state
+    from wsolbench.training.engine import make_optimizer, make_scheduler
+    from wsolbench.training.checkpoints import TrainState, restore_training, training_state
 
     class Tiny(torch.nn.Module):
         def __init__(self):

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from conftest import TINY
-from wsolbench import config, runner, runs
-from wsolbench.engine import EVENTS, Event
-from wsolbench.outputs import Evaluation
+from wsolbench import config
+from wsolbench.training import runner
+from wsolbench.runs import rundir
+from wsolbench.training.engine import EVENTS, Event
+from wsolbench.scoring.outputs import Evaluation
 
 SETS = [TINY[i + 1] for i in range(0, len(TINY) - 2, 2) if TINY[i] == "--set"]
 
@@ -37,7 +39,7 @@ def test_a_run_reports_its_progress_as_events_in_order(tmp_path):
         assert len(steps) == e.total, e.phase
     assert [e.phase for _, e in phases][-1] == "test"
     ended = [e for e in heard if e.kind == "epoch_ended"]
-    rows = [json.loads(line) for line in (result.run_dir.path / runs.METRICS).read_text().splitlines()]
+    rows = [json.loads(line) for line in (result.run_dir.path / rundir.METRICS).read_text().splitlines()]
     assert [e.logs["train_loss"] for e in ended] == [r["train_loss"] for r in rows]  # what the file records
     assert ended[0].logs["improved"] is True  # the first validation is always a new best
 
@@ -62,11 +64,11 @@ def test_early_stop_counts_validations_and_is_an_event(tmp_path, monkeypatch):
 
 
 def test_a_read_only_run_directory_writes_nothing(tmp_path):
-    writer = runs.RunDir.create(tmp_path, "r")
+    writer = rundir.RunDir.create(tmp_path, "r")
     writer.write_config({"seed": 3})
     writer.release()
     before = sorted(p.name for p in writer.path.iterdir())
-    reader = runs.RunDir(writer.path, read_only=True)
+    reader = rundir.RunDir(writer.path, read_only=True)
     reader.write_config({"seed": 4})
     reader.write_manifest({"status": "running"})
     reader.update_manifest(status="completed")
@@ -74,29 +76,29 @@ def test_a_read_only_run_directory_writes_nothing(tmp_path):
     reader.write_results({"f1_pos": 1.0})
     reader.write_per_image([{"id": "a"}])
     reader.write_histograms(fg=[1], bg=[2])
-    reader.save_checkpoint(runs.LAST, {"epoch": 0})
+    reader.save_checkpoint(rundir.LAST, {"epoch": 0})
     assert sorted(p.name for p in writer.path.iterdir()) == before
-    assert reader.read_json(runs.CONFIG) == {"seed": 3}
+    assert reader.read_json(rundir.CONFIG) == {"seed": 3}
 
 
 def test_one_reader_of_a_run_configuration_with_one_error(tmp_path):
     cfg = tiny(tmp_path, 1)
-    run_dir = runs.RunDir.create(tmp_path, "r")
+    run_dir = rundir.RunDir.create(tmp_path, "r")
     run_dir.write_config(cfg.to_dict())
     assert run_dir.read_config() == cfg
-    (run_dir.path / runs.CONFIG).write_text("{ not json")
-    with pytest.raises(runs.RunDirError, match="cannot be read"):
+    (run_dir.path / rundir.CONFIG).write_text("{ not json")
+    with pytest.raises(rundir.RunDirError, match="cannot be read"):
         run_dir.read_config()
-    (run_dir.path / runs.CONFIG).write_text(json.dumps({"train": {"no_such_key": 1}}))
-    with pytest.raises(runs.RunDirError, match="not a valid run configuration"):
+    (run_dir.path / rundir.CONFIG).write_text(json.dumps({"train": {"no_such_key": 1}}))
+    with pytest.raises(rundir.RunDirError, match="not a valid run configuration"):
         run_dir.read_config()
-    with pytest.raises(runs.RunDirError, match="has no config.json"):
-        runs.RunDir(tmp_path).read_config()
-    with pytest.raises(runs.RunDirError, match="not a directory"):
-        runs.RunDir(tmp_path / "absent").read_config()
+    with pytest.raises(rundir.RunDirError, match="has no config.json"):
+        rundir.RunDir(tmp_path).read_config()
+    with pytest.raises(rundir.RunDirError, match="not a directory"):
+        rundir.RunDir(tmp_path / "absent").read_config()
 
 
 def test_slug_makes_one_safe_name():
-    assert runs.slug("cam avg/u=4 (paper)") == "cam-avg-u-4-paper"
-    assert runs.slug("..hidden.") == "hidden"
-    assert runs.slug("///") == "run"
+    assert rundir.slug("cam avg/u=4 (paper)") == "cam-avg-u-4-paper"
+    assert rundir.slug("..hidden.") == "hidden"
+    assert rundir.slug("///") == "run"

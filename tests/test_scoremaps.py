@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from wsolbench import config, scoremaps
+from wsolbench import config
+from wsolbench.scoring import scoremaps
 from wsolbench.cli import main
-from wsolbench.plugins import registry
+from wsolbench.plugin_host import registry
 
 SETS = ["dataset.image_size=24", "dataset.n_test=6"]
 
@@ -108,7 +109,7 @@ def test_evaluate_command_exits_2_on_bad_maps_and_writes_a_reportable_run(tmp_pa
     assert results["method_label"] == "maps" and results["cl_error"] is None
     for name in ("per_image.csv", "histograms.npz", "overlays.png", "pr_curve.png"):
         assert (run / name).is_file(), name
-    from wsolbench import report
+    from wsolbench.runs import report
 
     collected = report.collect([tmp_path / "out"])
     assert list(collected.runs["label"]) == ["maps"] and collected.skipped == []

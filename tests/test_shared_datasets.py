@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import shared_data
 
-from wsolbench.data import Record
-from wsolbench.datasets import ceil_share, find_split_files, read_split_csv, verify
+from wsolbench.data.samples import Record
+from wsolbench.data.files import ceil_share, find_split_files, read_split_csv, verify
 from wsolbench_plugins.datasets.cub import Cub
 from wsolbench_plugins.datasets.glas import Glas
 from wsolbench_plugins.datasets.oxf import Oxf

@@ -9,13 +9,14 @@ from dataclasses import fields
 import pytest
 
 from test_bench import TINY_SETS, write_suite
-from wsolbench import bench, slurm
+from wsolbench.runs import suite
+from wsolbench.runs import slurm
 from wsolbench.cli import main
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
 
 
 def test_options_from_the_suite_table_and_the_command_line():
-    assert tuple(f.name for f in fields(slurm.SlurmOptions)) == bench.SLURM_KEYS
+    assert tuple(f.name for f in fields(slurm.SlurmOptions)) == suite.SLURM_KEYS
     options = slurm.SlurmOptions.from_tables(
         {"partition": "gpu", "gpus_per_node": 4, "additional": {"account": "lab"}},
         {"partition": "long", "gpus_per_node": None, "timeout_min": 90},
@@ -32,7 +33,7 @@ def test_options_from_the_suite_table_and_the_command_line():
 
 
 def test_a_job_with_several_gpus_runs_the_cell_with_torchrun(tmp_path):
-    cell = bench.Cell("cam-avg", "cam-avg", "synthetic", 0, "quick", tmp_path / "seed-0")
+    cell = suite.Cell("cam-avg", "cam-avg", "synthetic", 0, "quick", tmp_path / "seed-0")
     assert slurm.job_command(cell, 1, "py") == cell.command("py")
     argv = slurm.job_command(cell, 4, "py")
     assert argv[:5] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]

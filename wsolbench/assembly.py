@@ -13,7 +13,7 @@ from typing import Any
 from wsolbench.config import RunConfig
 from wsolbench.errors import DataError
 from wsolbench.interfaces import Dataset, Method, ModelSpec
-from wsolbench.plugins import get_host, registry
+from wsolbench.plugin_host import get_host, registry
 
 
 def build_dataset(cfg: RunConfig) -> Dataset:

@@ -236,7 +236,7 @@ def resolve(
     (``None`` values are ignored); ``method``/``dataset``/``profile`` given
     here win over the file but not over ``--set``.
     """
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     file_layer = _normalise_layer(load_toml(file)) if file else {}
     cli_layer = _normalise_layer(_drop_none(options or {}))
@@ -402,7 +402,7 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:
         problems.append("eval.crf needs pydensecrf: pip install 'wsolbench[crf]' (the pydensecrf2 distribution)")
     if cfg.eval.crf_params:
-        from wsolbench.crf import params_for
+        from wsolbench.scoring.crf import params_for
 
         try:
             params_for(None, cfg.eval.crf_params)

@@ -379,7 +379,8 @@ def _generator(name: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
 @_generator("plugin-reference")
 def plugin_reference() -> str:
     """The hooks, the contracts, the conformance kit and the plug-in environment variables."""
-    from wsolbench import hookspecs, interfaces, plugins, testing
+    from wsolbench import hookspecs, interfaces, testing
+    from wsolbench import plugin_host
 
     parts = ["### Hooks\n", _body(hookspecs.__doc__)]
     for name, func in vars(hookspecs).items():
@@ -398,7 +399,7 @@ def plugin_reference() -> str:
     parts += ["### Conformance kit: `wsolbench.testing`\n", rst_to_markdown(testing.__doc__ or "")]
     for func in (testing.check_method, testing.check_pooling, testing.check_dataset):
         parts += [f"#### `{signature(func)}`\n", rst_to_markdown(func.__doc__ or "")]
-    parts += ["### Loading: environment variables and failures\n", _body(plugins.__doc__)]
+    parts += ["### Loading: environment variables and failures\n", _body(plugin_host.__doc__)]
     return _join(parts)
 
 
@@ -479,12 +480,12 @@ def command(*path: str) -> str:
 # -- the plug-ins
 KINDS = ("method", "pooling", "dataset")
 #: where the built-ins of a kind share most of their parameters: the table of those, written once
-SHARED_DEFAULTS = {"dataset": "wsolbench.datasets:FileDataset"}
+SHARED_DEFAULTS = {"dataset": "wsolbench.data.files:FileDataset"}
 
 
 def builtin_entries(kind: str) -> list[Entry]:
     """The registry entries of ``kind`` that wsolbench's own plug-ins registered, by name."""
-    from wsolbench.plugins import get_host
+    from wsolbench.plugin_host import get_host
 
     host = get_host()
     names = {name for info in host.plugins if info.builtin for name in info.registered.get(kind, [])}
@@ -622,7 +623,7 @@ def configuration() -> str:
 def metrics() -> str:
     """Every metric's key, column title, direction, protocol and description; then the protocols."""
     from wsolbench.config import EvalConfig
-    from wsolbench.metrics import METRICS, PROTOCOLS, protocol_record
+    from wsolbench.scoring.metrics import METRICS, PROTOCOLS, protocol_record
 
     rows = [(f"`{m.name}`", f"`{m.title}`", m.better, m.protocol, "yes" if m.default else "", m.description)
             for m in METRICS.values()]

@@ -136,7 +136,7 @@ def feature_channels(backbone: nn.Module) -> list[int]:
 
 
 def build_pooling(spec: ModelSpec, num_classes: int, in_channels: int, default: str | None) -> Pooling:
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     name = spec.pooling or default
     if name is None:

@@ -73,7 +73,7 @@ def make_batch(
 
 def build_method(name: str, num_classes: int = 2, model: ModelSpec | None = None, **params: Any) -> Method:
     """Instantiate the registered method ``name`` as the engine does."""
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     method = registry("method").create(name, num_classes=num_classes, model=model or TINY_MODEL, **params)
     assert isinstance(method, Method), (
@@ -233,7 +233,7 @@ def check_pooling(
     ``params`` override the pooling's ``defaults``; ``in_channels`` is the
     number of backbone features a pooling with ``consumes_features`` receives.
     """
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     torch.manual_seed(0)
     pooling = registry("pooling").create(name, num_classes=num_classes, in_channels=in_channels, **params)
@@ -279,7 +279,7 @@ def check_dataset(
     ``root`` is the data folder (for datasets with ``needs_root``); ``params``
     override the dataset's ``defaults`` (small sizes keep the check fast).
     """
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     def build() -> Dataset:
         return registry("dataset").create(name, root=root, seed=seed, **params)

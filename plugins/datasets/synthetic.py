@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from wsolbench.data import SampleDataset
+from wsolbench.data.samples import SampleDataset
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Dataset
-from wsolbench.transforms import eval_transform, train_transform
+from wsolbench.data.transforms import eval_transform, train_transform
 
 _SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from wsolbench.errors import ConfigError
-from wsolbench.plugins import registry
+from wsolbench.plugin_host import registry
 from wsolbench.testing import TINY_MODEL, build_method, check_method, check_pooling, make_batch
 from wsolbench_hide_and_seek.method import hide, hiding_mask
 

@@ -46,8 +46,8 @@ def demo(dataset, data_root, profile, sets, split, index, patch_sizes, hide_prob
 
     from wsolbench import assembly, config
     from wsolbench.errors import UserError
-    from wsolbench.extras import raw_rgb
-    from wsolbench.transforms import IMAGENET_MEAN
+    from wsolbench.scoring.extras import raw_rgb
+    from wsolbench.data.transforms import IMAGENET_MEAN
     from wsolbench.utils import atomic_write_bytes
     from wsolbench_hide_and_seek.method import hiding_mask
 

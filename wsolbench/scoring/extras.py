@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsolbench import crf, plots
-from wsolbench.metrics import LocalizationAccumulator
-from wsolbench.runs import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
+from wsolbench.scoring import crf
+from wsolbench.scoring import plots
+from wsolbench.scoring.metrics import LocalizationAccumulator
+from wsolbench.runs.rundir import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:
@@ -34,7 +35,7 @@ def _cat(tensors: list[Tensor]) -> Tensor:
 def raw_rgb(split: Any, index: int, size: tuple[int, int]) -> np.ndarray:
     """Item ``index``'s RGB image as ``(H, W, 3)`` uint8 at ``size``.
 
-    Splits built on :class:`wsolbench.data.SampleDataset` give the decoded
+    Splits built on :class:`wsolbench.data.samples.SampleDataset` give the decoded
     image before any transform; for other splits the normalised tensor is
     stretched back to [0, 255] per channel (its colours are then approximate).
     """
@@ -85,7 +86,7 @@ class TestExtras:
             self.samples.append((index, plots.Sample(name, image, truth, prob_np, refined)))
 
     def gather(self, ctx: Any) -> None:
-        """Bring together what every process saw (``ctx``: a :class:`wsolbench.distributed.Context`), in image order."""
+        """Bring together what every process saw (``ctx``: a :class:`wsolbench.training.distributed.Context`), in image order."""
         if not ctx.active:
             return
         if self.crf_params is not None:

@@ -15,7 +15,7 @@ A suite file::
     data_root = "data/glas"            # --data-root glas=PATH overrides
     set = ["eval.crf=true"]
 
-    [slurm]                            # optional: jobs of `bench --launcher slurm` (wsolbench.slurm)
+    [slurm]                            # optional: jobs of `bench --launcher slurm` (wsolbench.runs.slurm)
     partition = "gpu"
 
     [[runs]]                           # optional: a method with its own settings
@@ -37,7 +37,7 @@ when it has one and its settings are still the cell's; otherwise it is renamed
 ``seed-<seed>.attempt-<k>`` and run again from the start. A failed cell
 (unknown method, missing data, a crash) is recorded and the grid goes on.
 ``run_suite(..., jobs=N)`` runs N cells at a time. :func:`launch_local` is the
-one place that starts a run; :mod:`wsolbench.slurm` submits the same command
+one place that starts a run; :mod:`wsolbench.runs.slurm` submits the same command
 lines as cluster jobs instead (``bench --launcher slurm``).
 """
 
@@ -47,7 +47,6 @@ import dataclasses
 import fnmatch
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -58,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsolbench import runs
+from wsolbench.runs import rundir
 from wsolbench.config import PROFILES, load_toml
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
 
@@ -135,14 +134,14 @@ class Suite:
     output_dir: Path
     datasets: list[str]
     cells: list[Cell] = field(default_factory=list)
-    slurm: dict[str, Any] = field(default_factory=dict)  #: the ``[slurm]`` table (see :mod:`wsolbench.slurm`)
+    slurm: dict[str, Any] = field(default_factory=dict)  #: the ``[slurm]`` table (see :mod:`wsolbench.runs.slurm`)
 
 
 # -- reading a suite --------------------------------------------------------------
 _SUITE_KEYS = ("name", "profile", "seeds", "output_dir", "datasets", "methods", "set")
 _DATASET_KEYS = ("data_root", "set")
 _RUN_KEYS = ("method", "set", "label", "datasets")
-#: the ``[slurm]`` table's keys (see :mod:`wsolbench.slurm`)
+#: the ``[slurm]`` table's keys (see :mod:`wsolbench.runs.slurm`)
 SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
               "additional")
 
@@ -190,7 +189,7 @@ def load_suite(
     if not datasets:
         raise SuiteError("suite.datasets must name at least one dataset")
     suite_sets = _strings(head.get("set", []), "suite.set")
-    out = Path(output_dir if output_dir is not None else head.get("output_dir", f"runs/{runs.slug(name)}"))
+    out = Path(output_dir if output_dir is not None else head.get("output_dir", f"runs/{rundir.slug(name)}"))
 
     per_dataset = _check_table(doc.get("datasets", {}), "[datasets]", datasets)
     roots: dict[str, str | None] = {}
@@ -228,7 +227,7 @@ def load_suite(
         for dataset in targets:
             if dataset not in datasets:
                 raise UnknownNameError(f"dataset in {where}", dataset, datasets)
-        dirname = runs.slug(label) if label else runs.slug("+".join([method, *sets]))
+        dirname = rundir.slug(label) if label else rundir.slug("+".join([method, *sets]))
         if dirname in seen:
             raise SuiteError(f"{where} and {seen[dirname]} share the directory name {dirname!r}: give them labels")
         seen[dirname] = where
@@ -239,7 +238,7 @@ def load_suite(
                 suite.cells.append(
                     Cell(
                         name=dirname, method=method, dataset=dataset, seed=seed, profile=profile,
-                        run_dir=out / runs.slug(dataset) / dirname / f"seed-{seed}", data_root=roots[dataset],
+                        run_dir=out / rundir.slug(dataset) / dirname / f"seed-{seed}", data_root=roots[dataset],
                         sets=tuple(suite_sets + dataset_sets[dataset] + sets + list(extra_sets)), label=label,
                     )
                 )
@@ -260,10 +259,10 @@ def _set_aside(run_dir: Path) -> Path:
 
 def state(cell: Cell) -> str:
     """``complete``, ``running`` (locked by a live process), ``incomplete`` or ``new``."""
-    if runs.is_complete(cell.run_dir):
+    if rundir.is_complete(cell.run_dir):
         return "complete"
     if cell.run_dir.exists():
-        return "running" if runs.lock_holder(cell.run_dir) else "incomplete"
+        return "running" if rundir.lock_holder(cell.run_dir) else "incomplete"
     return "new"
 
 
@@ -273,16 +272,16 @@ def can_resume(cell: Cell) -> bool:
     It must hold a checkpoint of a finished epoch, a resumable status, and the
     settings the cell resolves to now (a suite edited since starts afresh).
     """
-    from wsolbench.checkpoints import as_stored_json
-    from wsolbench.runner import RESUMABLE
+    from wsolbench.training.checkpoints import as_stored_json
+    from wsolbench.training.runner import RESUMABLE
 
-    run_dir = runs.RunDir(cell.run_dir, read_only=True)
+    run_dir = rundir.RunDir(cell.run_dir, read_only=True)
     try:
         if run_dir.read_manifest().get("status") not in RESUMABLE:
             return False
-        if not (run_dir.path / runs.LAST).is_file():
+        if not (run_dir.path / rundir.LAST).is_file():
             return False
-        return as_stored_json(cell.config().to_dict()) == run_dir.read_json(runs.CONFIG)
+        return as_stored_json(cell.config().to_dict()) == run_dir.read_json(rundir.CONFIG)
     except (OSError, ValueError, AttributeError, UserError):
         return False
 
@@ -348,7 +347,7 @@ def prepare_cell(cell: Cell) -> Outcome | Cell:
     if now == "complete":
         return Outcome(cell, "skipped", message="already complete")
     if now == "running":
-        return Outcome(cell, "busy", message=f"being written by {runs.lock_holder(cell.run_dir)}")
+        return Outcome(cell, "busy", message=f"being written by {rundir.lock_holder(cell.run_dir)}")
     if now == "incomplete":
         if can_resume(cell):
             return dataclasses.replace(cell, resume=True)
@@ -364,7 +363,7 @@ def log_path(cell: Cell) -> Path:
 def finish_cell(cell: Cell, code: int | None, seconds: float, log: Path, message: str = "") -> Outcome:
     """The outcome of a cell whose run ended with exit status ``code`` (``None``: it never ran to an end)."""
     resumed = "resumed from its last finished epoch" if cell.resume else ""
-    if code == 0 and runs.is_complete(cell.run_dir):
+    if code == 0 and rundir.is_complete(cell.run_dir):
         return Outcome(cell, "completed", seconds, code, resumed, log=log)
     message = message or _last_error(log) or (f"exit status {code}" if code else "the run ended without completing")
     return Outcome(cell, "failed", seconds, code, f"{resumed}: {message}" if resumed else message, log)
@@ -412,9 +411,9 @@ def threads_per_job(jobs: int) -> int:
 def bench_rows(cells: Sequence[Cell], runs: Any) -> list[str]:
     """The report's row labels in the suite's order, each run's CRF row right after it.
 
-    ``runs`` is :attr:`wsolbench.report.Collection.runs` for the cells' directories.
+    ``runs`` is :attr:`wsolbench.runs.report.Collection.runs` for the cells' directories.
     """
-    from wsolbench.report import CRF_SUFFIX
+    from wsolbench.runs.report import CRF_SUFFIX
 
     labels = set(runs["label"])
     plain = runs[~runs["label"].str.endswith(CRF_SUFFIX)]

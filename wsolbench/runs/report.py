@@ -34,8 +34,8 @@ import pandas as pd
 
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
-from wsolbench.metrics import METRICS, PROTOCOLS
-from wsolbench.runs import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS, slug
+from wsolbench.scoring.metrics import METRICS, PROTOCOLS
+from wsolbench.runs.rundir import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS, slug
 from wsolbench.utils import read_json
 
 CRF_SUFFIX = " + CRF"
@@ -408,7 +408,7 @@ def _provided_by(results: dict[str, Any], manifest: dict[str, Any]) -> dict[str,
             out[kind] = [str(source.get("name", "")), str(source["distribution"]), str(source.get("version", ""))]
     method = results.get("method")
     if "method" not in out and method:
-        from wsolbench.plugins import registry
+        from wsolbench.plugin_host import registry
 
         try:
             distribution = registry("method").get(str(method)).distribution
@@ -445,13 +445,13 @@ def version_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) ->
 
 # -- figures --------------------------------------------------------------------
 def dataset_curves(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, list[Any]]:
-    """Per dataset, one :class:`wsolbench.plots.Curve` per label of ``summary``.
+    """Per dataset, one :class:`wsolbench.scoring.plots.Curve` per label of ``summary``.
 
     A label's histograms are summed over its seeds (one pooled curve); the
     legend gives the mean PxAP of the table. Runs without histograms, or with
     a different number of bins than the label's first run, are left out.
     """
-    from wsolbench.plots import Curve
+    from wsolbench.scoring.plots import Curve
 
     out: dict[str, list[Any]] = {}
     for dataset in summary.attrs["datasets"]:
@@ -474,7 +474,7 @@ def dataset_curves(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, list[
 
 def draw_curves(runs: pd.DataFrame, directory: str | os.PathLike, summary: pd.DataFrame) -> list[Path]:
     """``pr_<dataset>.png`` and ``.pdf`` in ``directory``: the curves of :func:`dataset_curves`."""
-    from wsolbench.plots import draw_pr_curves
+    from wsolbench.scoring.plots import draw_pr_curves
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

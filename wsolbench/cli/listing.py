@@ -17,9 +17,9 @@ def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from wsolbench.console import out
+    from wsolbench.cli.console import out
     from wsolbench.errors import PluginImportError
-    from wsolbench.plugins import DISABLE_AUTOLOAD_ENV, get_host
+    from wsolbench.plugin_host import DISABLE_AUTOLOAD_ENV, get_host
 
     host = get_host()
     globs = list(patterns) or ["*"]

@@ -3,7 +3,7 @@
 The run's dataset and method are rebuilt from its ``config.json``, its
 ``best.pt`` (or ``last.pt``) is loaded and a split is scored exactly as the run
 scored its test split at the end. Started by torchrun, the processes share the
-split and give the numbers of one process (see :mod:`wsolbench.distributed`).
+split and give the numbers of one process (see :mod:`wsolbench.training.distributed`).
 With an output folder, ``results.json``, ``per_image.csv``,
 ``histograms.npz`` and the pictures are written there.
 """
@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from wsolbench import distributed, runs
+from wsolbench.training import distributed
+from wsolbench.runs import rundir
 from wsolbench.assembly import build_dataset, build_method, provenance
-from wsolbench.checkpoints import load_model_state
-from wsolbench.engine import Listener, Precision, evaluate, make_loader
+from wsolbench.training.checkpoints import load_model_state
+from wsolbench.training.engine import Listener, Precision, evaluate, make_loader
 from wsolbench.errors import UnknownNameError, UserError
-from wsolbench.extras import TestExtras
-from wsolbench.outputs import results_record, write_outputs
-from wsolbench.runs import RunDir
+from wsolbench.scoring.extras import TestExtras
+from wsolbench.scoring.outputs import results_record, write_outputs
+from wsolbench.runs.rundir import RunDir
 from wsolbench.utils import seed_everything
 
 
@@ -35,18 +36,18 @@ def evaluate_checkpoint(
     listener: Listener | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (``best`` or ``last``) of the run in ``path`` on ``split``; returns the results."""
-    if checkpoint not in runs.CHECKPOINTS:
-        raise UnknownNameError("checkpoint", checkpoint, runs.CHECKPOINTS)
+    if checkpoint not in rundir.CHECKPOINTS:
+        raise UnknownNameError("checkpoint", checkpoint, rundir.CHECKPOINTS)
     run = RunDir(path, read_only=True)
     cfg = run.read_config()
     if device is not None:
         cfg.device = device
-    file = run.path / runs.CHECKPOINTS[checkpoint]
+    file = run.path / rundir.CHECKPOINTS[checkpoint]
     if not file.is_file():
         raise UserError(f"run {run.path} has no {file.name}")
     out = Path(output_dir) if output_dir is not None else None
-    if out is not None and (out / runs.RESULTS).exists():
-        raise UserError(f"{out} already holds {runs.RESULTS}; choose another --output-dir")
+    if out is not None and (out / rundir.RESULTS).exists():
+        raise UserError(f"{out} already holds {rundir.RESULTS}; choose another --output-dir")
 
     with distributed.session(cfg.device) as (dist, dev):
         seed_everything(cfg.seed)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsolbench.errors import DataError
-from wsolbench.transforms import to_tv
+from wsolbench.data.transforms import to_tv
 
 
 @dataclass(frozen=True)

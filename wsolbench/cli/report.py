@@ -39,8 +39,8 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
     """
     from pathlib import Path
 
-    from wsolbench import report as rep
-    from wsolbench.console import err, out
+    from wsolbench.runs import report as rep
+    from wsolbench.cli.console import err, out
     from wsolbench.utils import atomic_write_text
 
     collection = rep.collect(paths)
@@ -66,7 +66,7 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
 def print_skipped(skipped: list) -> None:
     from rich.markup import escape
 
-    from wsolbench.console import err
+    from wsolbench.cli.console import err
 
     if skipped:
         err.print(f"[yellow]skipped {len(skipped)} run director{'ies' if len(skipped) > 1 else 'y'}:[/yellow]")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wsolbench.bench import Cell, Outcome, finish_cell, log_path, open_log, prepare_cell
+from wsolbench.runs.suite import Cell, Outcome, finish_cell, log_path, open_log, prepare_cell
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
 
 #: ``--launcher`` value -> submitit cluster

@@ -2,7 +2,7 @@
 
 They report their progress as :class:`Event` values to a listener (a
 progress display, a logger) and draw nothing themselves. A whole run (build,
-resume, model selection, checkpoints, run files) is :mod:`wsolbench.runner`.
+resume, model selection, checkpoints, run files) is :mod:`wsolbench.training.runner`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsolbench.config import RunConfig
-from wsolbench.data import eval_collate, seed_worker, train_collate
-from wsolbench.distributed import SINGLE, Context, TrainStep
+from wsolbench.data.samples import eval_collate, seed_worker, train_collate
+from wsolbench.training.distributed import SINGLE, Context, TrainStep
 from wsolbench.errors import DataError, TrainingDivergedError, UserError
 from wsolbench.interfaces import Method
-from wsolbench.metrics import LocalizationAccumulator, classification_error
-from wsolbench.outputs import Evaluation
+from wsolbench.scoring.metrics import LocalizationAccumulator, classification_error
+from wsolbench.scoring.outputs import Evaluation
 
 
 # -- events ---------------------------------------------------------------------
@@ -173,7 +173,7 @@ def train_one_epoch(
     """One pass over the training split; returns mean loss, training error and the method's logs.
 
     ``step_fn(batch, backward)`` replaces ``method.training_step`` (under DDP,
-    see :func:`wsolbench.distributed.training_step`); the returned figures are
+    see :func:`wsolbench.training.distributed.training_step`); the returned figures are
     over all processes of ``dist``. ``listener`` hears ``phase_started`` and a
     ``step`` per batch.
     """
@@ -264,7 +264,7 @@ def evaluate(
     image's map as it is scored (in [0, 1], at the mask's size): CRF scoring and
     pictures use it. ``listener`` hears ``phase_started`` (``phase``) and a
     ``step`` per batch. With ``dist``, ``loader`` holds this process's share and the
-    result covers every process's images, in order (see :mod:`wsolbench.distributed`).
+    result covers every process's images, in order (see :mod:`wsolbench.training.distributed`).
     """
     device = precision.device
     method.eval()

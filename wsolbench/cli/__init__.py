@@ -1,6 +1,6 @@
 """The ``wsolbench`` command line.
 
-Subcommands live in :mod:`wsolbench.commands` and are imported only when
+Subcommands live in :mod:`wsolbench.cli` and are imported only when
 invoked, so ``wsolbench --help`` and ``wsolbench list`` never import torch.
 Errors that are the user's to fix print one paragraph and exit with status 2;
 ``--debug`` shows the traceback.
@@ -20,13 +20,13 @@ from wsolbench import __version__
 
 #: subcommand -> "module:function"; plug-ins add more through wsolbench_register_commands
 COMMANDS = {
-    "run": ("wsolbench.commands.run:run", "Train and evaluate one method on one dataset."),
-    "list": ("wsolbench.commands.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
-    "data": ("wsolbench.commands.data:data", "Check a dataset on disk or download its official files."),
-    "report": ("wsolbench.commands.report:report", "Tables and figures from run directories."),
-    "bench": ("wsolbench.commands.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
-    "evaluate": ("wsolbench.commands.evaluate:evaluate", "Score maps made by other code (one .npy per image)."),
-    "evaluate-run": ("wsolbench.commands.evaluate_run:evaluate_run", "Score a run's checkpoint again (any process count)."),
+    "run": ("wsolbench.cli.run:run", "Train and evaluate one method on one dataset."),
+    "list": ("wsolbench.cli.listing:list_cmd", "List methods, poolings, datasets or plug-ins."),
+    "data": ("wsolbench.cli.data:data", "Check a dataset on disk or download its official files."),
+    "report": ("wsolbench.cli.report:report", "Tables and figures from run directories."),
+    "bench": ("wsolbench.cli.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
+    "evaluate": ("wsolbench.cli.evaluate:evaluate", "Score maps made by other code (one .npy per image)."),
+    "evaluate-run": ("wsolbench.cli.evaluate_run:evaluate_run", "Score a run's checkpoint again (any process count)."),
 }
 
 
@@ -42,7 +42,7 @@ class LazyGroup(click.Group):
         if self._plugins_added:
             return
         self._plugins_added = True
-        from wsolbench.plugins import get_host
+        from wsolbench.plugin_host import get_host
 
         get_host().add_commands(self)
 
@@ -101,7 +101,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    from wsolbench.plugins import PluginWarning
+    from wsolbench.plugin_host import PluginWarning
 
     if issubclass(category, PluginWarning):
         click.secho(f"warning: {message}", fg="yellow", err=True)

@@ -2,7 +2,7 @@
 
 Every file-based dataset plug-in (GlaS, CUB, Oxford Flowers, the ``folder``
 dataset) is a :class:`FileDataset`. A plug-in lists its images as
-:class:`~wsolbench.data.Record` rows in the dataset's official partition
+:class:`~wsolbench.data.samples.Record` rows in the dataset's official partition
 (:meth:`FileDataset.official_splits`) and says how a mask file becomes a
 foreground mask (:meth:`FileDataset.read_mask`); this module does the rest:
 
@@ -12,7 +12,7 @@ foreground mask (:meth:`FileDataset.read_mask`); this module does the rest:
   paths relative to the data root, so the paper's exact splits can be used;
 - preprocessing parameters shared by every file dataset (crops, flips, reflect
   padding, colour jitter, resizing, normalisation) on top of
-  :mod:`wsolbench.transforms`;
+  :mod:`wsolbench.data.transforms`;
 - caching decoded images in memory for small splits;
 - the layout check (a clear error naming the root, the expected layout and
   where to get the data) and the per-file checks of ``wsolbench data verify``.
@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from wsolbench.data import Loaded, Record, SampleDataset, check_sizes, read_image, read_mask_array, resolve_under
+from wsolbench.data.samples import Loaded, Record, SampleDataset, check_sizes, read_image, read_mask_array, resolve_under
 from wsolbench.errors import ConfigError, DataError
 from wsolbench.interfaces import Dataset
-from wsolbench.transforms import NORMALIZATIONS, eval_transform, train_transform
+from wsolbench.data.transforms import NORMALIZATIONS, eval_transform, train_transform
 
 SPLITS = ("train", "valid", "test")
 CSV_HEADER = ("image", "mask", "label")
@@ -95,7 +95,7 @@ def limit_per_class(records: Sequence[Record], most: int, seed: int) -> list[Rec
 def safe_path(root: Path, relative: str, source: str | Path = "") -> Path:
     """``root / relative`` for a path read from ``source``; it may not leave ``root``.
 
-    See :func:`wsolbench.data.resolve_under` (symbolic links inside the root
+    See :func:`wsolbench.data.samples.resolve_under` (symbolic links inside the root
     that lead elsewhere, e.g. to another disk, are allowed).
     """
     try:
@@ -178,7 +178,7 @@ class FileDataset(Dataset):
     title: ClassVar[str] = ""
     #: the registered name (error messages suggest ``wsolbench data download NAME``)
     name: ClassVar[str] = ""
-    #: official files that ``wsolbench data download`` fetches (``wsolbench.download.Resource``)
+    #: official files that ``wsolbench data download`` fetches (``wsolbench.data.download.Resource``)
     downloads: ClassVar[tuple[Any, ...]] = ()
 
     defaults: ClassVar[dict[str, Any]] = {

@@ -49,17 +49,17 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
     Cells already complete are skipped; an interrupted one continues from its
     last finished epoch (when its settings are unchanged); a failed cell does
     not stop the others and is listed at the end (exit status 1). See
-    wsolbench/bench.py and benchmarks/*.toml for the suite format, and
-    wsolbench/slurm.py for --launcher slurm and the suite's [slurm] table.
+    wsolbench/runs/suite.py and benchmarks/*.toml for the suite format, and
+    wsolbench/runs/slurm.py for --launcher slurm and the suite's [slurm] table.
     """
     import functools
 
     from rich.markup import escape
     from rich.table import Table
 
-    from wsolbench import bench as bench_mod
-    from wsolbench import report as rep
-    from wsolbench.console import err, out
+    from wsolbench.runs import suite as bench_mod
+    from wsolbench.runs import report as rep
+    from wsolbench.cli.console import err, out
 
     if jobs > 1 and launcher != "local":
         raise click.UsageError("--jobs is for the local launcher; Slurm runs the cells as parallel jobs anyway")
@@ -101,7 +101,7 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
             err.print(f"{jobs} cells at a time, {threads} CPU thread(s) each")
         outcomes = bench_mod.run_suite(cells, launch, on_start=on_start, on_done=on_done, jobs=jobs)
     else:
-        from wsolbench import slurm
+        from wsolbench.runs import slurm
 
         options = slurm.SlurmOptions.from_tables(suite.slurm, {
             "partition": partition, "gpus_per_node": gpus_per_node, "cpus_per_task": cpus_per_task,
@@ -141,9 +141,9 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
 
 
 def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
-    from wsolbench import report as rep
-    from wsolbench.bench import bench_rows
-    from wsolbench.console import err, out
+    from wsolbench.runs import report as rep
+    from wsolbench.runs.suite import bench_rows
+    from wsolbench.cli.console import err, out
 
     done = [c.run_dir for c in cells if c.run_dir.exists()]
     if not done:

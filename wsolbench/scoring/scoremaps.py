@@ -27,14 +27,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from wsolbench import runs
+from wsolbench.runs import rundir
 from wsolbench.assembly import build_dataset, split_ids
 from wsolbench.config import RunConfig
 from wsolbench.errors import UnknownNameError, UserError
-from wsolbench.extras import TestExtras
-from wsolbench.metrics import LocalizationAccumulator
-from wsolbench.outputs import Evaluation, results_record, write_outputs
-from wsolbench.runs import RunDir
+from wsolbench.scoring.extras import TestExtras
+from wsolbench.scoring.metrics import LocalizationAccumulator
+from wsolbench.scoring.outputs import Evaluation, results_record, write_outputs
+from wsolbench.runs.rundir import RunDir
 
 TOLERANCE = 1e-6
 
@@ -140,14 +140,14 @@ def write_run(evaluation: ScoreMapEvaluation, cfg: RunConfig, output_dir: str | 
     config = cfg.to_dict()
     config["method"] = {"name": "external", "scoremaps": evaluation.results["scoremaps"]}
     run_dir.write_config(config)
-    manifest = runs.new_manifest(config, "cpu", argv)
+    manifest = rundir.new_manifest(config, "cpu", argv)
     manifest["method_label"] = evaluation.results["method_label"]
     run_dir.write_manifest(manifest)
     try:
         evaluation.finish(run_dir)
-        run_dir.update_manifest(status="completed", finished=runs.now())
+        run_dir.update_manifest(status="completed", finished=rundir.now())
     except BaseException as exc:
-        run_dir.update_manifest(status="failed", finished=runs.now(), error=f"{type(exc).__name__}: {exc}")
+        run_dir.update_manifest(status="failed", finished=rundir.now(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         run_dir.release()

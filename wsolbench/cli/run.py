@@ -20,11 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from wsolbench import config as config_mod
-from wsolbench.console import err, out
+from wsolbench.cli.console import err, out
 from wsolbench.errors import ConfigError, RunInterrupted
 
 if TYPE_CHECKING:
-    from wsolbench.engine import Event
+    from wsolbench.training.engine import Event
 
 #: options that may accompany --resume (everything else comes from the run's config.json)
 RESUME_COMPATIBLE = ("resume_dir", "quiet")
@@ -80,7 +80,8 @@ def run(
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
 
-    from wsolbench import distributed, runner  # torch: see the module docstring
+    from wsolbench import runner  # torch: see the module docstring
+    from wsolbench.training import distributed
 
     speaks = distributed.from_environment().is_main  # the only process, or rank 0 of a torchrun launch
     if speaks:
@@ -109,7 +110,9 @@ def _resume(resume_dir: str, quiet: bool) -> None:
             f"--resume continues a run with the settings in its config.json, so it cannot be combined with "
             f"{names}; only --quiet may accompany it. To change settings, start a new run."
         )
-    from wsolbench import distributed, runner, runs  # torch: see the module docstring
+    from wsolbench import runs  # torch: see the module docstring
+    from wsolbench.training import distributed
+    from wsolbench.training import runner
 
     speaks = distributed.from_environment().is_main
     if runs.is_complete(resume_dir):
@@ -150,7 +153,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 class ProgressDisplay:
-    """Rich progress bars on stderr for a run's :class:`~wsolbench.engine.Event` values.
+    """Rich progress bars on stderr for a run's :class:`~wsolbench.training.engine.Event` values.
 
     One bar counts the epochs (with the last loss and validation error, ``*``
     for a new best model), one the batches of the current training or
@@ -214,7 +217,7 @@ SHOWN = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "thres
 
 def results_table(results: dict, title: str) -> Table:
     """The metrics of ``results`` in one row, with a second row after dense-CRF when present."""
-    from wsolbench.metrics import METRICS  # torch: see the module docstring
+    from wsolbench.scoring.metrics import METRICS  # torch: see the module docstring
 
     table = Table(title=title)
     table.add_column("maps")
@@ -231,7 +234,7 @@ def results_table(results: dict, title: str) -> Table:
 
 def metric_notes() -> str:
     """What each shown metric is."""
-    from wsolbench.metrics import METRICS  # torch: see the module docstring
+    from wsolbench.scoring.metrics import METRICS  # torch: see the module docstring
 
     return "\n".join(f"{METRICS[k].title}: {METRICS[k].description}" for k in SHOWN)
 

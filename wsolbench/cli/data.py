@@ -33,8 +33,8 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from wsolbench import assembly, config
-    from wsolbench.console import err, out
-    from wsolbench.datasets import FileDataset, verify
+    from wsolbench.cli.console import err, out
+    from wsolbench.data.files import FileDataset, verify
     from wsolbench.errors import DataError
 
     cfg = config.resolve(dataset=name, profile="paper", options={"data_root": data_root}, sets=list(sets))
@@ -116,10 +116,10 @@ def download_cmd(name: str, dest: str, mirror: str | None) -> None:
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from wsolbench.console import err, out
-    from wsolbench.download import extract, fetch
+    from wsolbench.cli.console import err, out
+    from wsolbench.data.download import extract, fetch
     from wsolbench.errors import DataError
-    from wsolbench.plugins import registry
+    from wsolbench.plugin_host import registry
 
     entry = registry("dataset").get(name)
     cls = entry.resolve()

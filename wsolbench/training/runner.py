@@ -1,13 +1,13 @@
 """One run's life: build it, train with model selection, test, and keep its directory consistent.
 
 :func:`run` goes from a configuration to a completed run directory
-(:mod:`wsolbench.runs`): the dataset and method are built
+(:mod:`wsolbench.runs.rundir`): the dataset and method are built
 (:mod:`wsolbench.assembly`), the method is trained one epoch at a time
-(:mod:`wsolbench.engine`), the model with the lowest validation error (ties:
+(:mod:`wsolbench.training.engine`), the model with the lowest validation error (ties:
 the lower validation loss) is kept as ``best.pt`` and scored on the test split
-(:mod:`wsolbench.outputs`). :func:`resume` continues a run that was killed,
+(:mod:`wsolbench.scoring.outputs`). :func:`resume` continues a run that was killed,
 interrupted or stopped by an error, from its ``last.pt``
-(:mod:`wsolbench.checkpoints`).
+(:mod:`wsolbench.training.checkpoints`).
 
 Files are kept consistent across a kill at any point: after each epoch a
 metrics row is appended, then ``last.pt`` is replaced, then ``best.pt`` if the
@@ -16,7 +16,7 @@ rewrites ``best.pt`` from ``last.pt`` when the kill fell between the two, and
 deletes the temporary files of interrupted atomic writes.
 
 Started by torchrun, every process runs this same code (see
-:mod:`wsolbench.distributed`): rank 0 creates and writes the run directory,
+:mod:`wsolbench.training.distributed`): rank 0 creates and writes the run directory,
 the others see it read-only, and progress goes to the listener of rank 0 only.
 """
 
@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
-from wsolbench import RUN_SCHEMA_VERSION, distributed, runs
-from wsolbench.assembly import build_dataset, build_method, method_label, provenance, split_ids
-from wsolbench.checkpoints import (
+from wsolbench import RUN_SCHEMA_VERSION
+from wsolbench.training import distributed
+from wsolbench.runs import rundir
+from wsolbench.assembly import build_dataset, build_method, method_label, provenance
+from wsolbench.training.checkpoints import (
     TRAINING_KEYS,
     TrainState,
     as_stored_json,
@@ -44,9 +46,9 @@ from wsolbench.checkpoints import (
     training_state,
 )
 from wsolbench.config import RunConfig
-from wsolbench.data import check_split_labels
-from wsolbench.distributed import Context
-from wsolbench.engine import (
+from wsolbench.data.samples import check_split_labels
+from wsolbench.training.distributed import Context
+from wsolbench.training.engine import (
     Listener,
     Precision,
     _tell,
@@ -57,10 +59,10 @@ from wsolbench.engine import (
     train_one_epoch,
 )
 from wsolbench.errors import RunInterrupted, UserError
-from wsolbench.extras import TestExtras
+from wsolbench.scoring.extras import TestExtras
 from wsolbench.interfaces import Dataset, Method
-from wsolbench.outputs import results_record, write_outputs
-from wsolbench.runs import RunDir
+from wsolbench.scoring.outputs import results_record, write_outputs
+from wsolbench.runs.rundir import RunDir
 from wsolbench.utils import seed_everything
 
 #: manifest statuses a run can be resumed from ("running": its process was killed)
@@ -89,14 +91,14 @@ class ResumePoint:
 
     def mark_running(self, argv: list[str] | None = None) -> None:
         """Set the manifest back to ``running`` and record this resume (time, epoch, command, versions)."""
-        runs.check_free_space(self.run_dir.path, self.config.train.min_free_mb)
+        rundir.check_free_space(self.run_dir.path, self.config.train.min_free_mb)
         resumed = self.run_dir.read_manifest().get("resumed", [])
         resumed.append({
-            "at": runs.now(),
+            "at": rundir.now(),
             "from_epoch": self.checkpoint["epoch"] + 1 if self.checkpoint else 0,
             "previous_status": self.previous_status,
             "command": " ".join(argv or []),
-            "versions": runs.environment(),
+            "versions": rundir.environment(),
         })
         self.run_dir.update_manifest(status="running", finished=None, error=None, resumed=resumed)
 
@@ -110,7 +112,7 @@ def run(
 
     ``resume_from`` (see :func:`resume`) continues that run directory from its
     ``last.pt`` instead of creating a new one. ``listener`` hears the loops'
-    events (:class:`wsolbench.engine.Event`). Started by torchrun, the run is
+    events (:class:`wsolbench.training.engine.Event`). Started by torchrun, the run is
     shared by its processes.
     """
     with distributed.session(cfg.device) as (dist, device):
@@ -158,15 +160,15 @@ def open_run(path: str | Path) -> ResumePoint:
 
     Raises :class:`ResumeError` (exit status 2) for a directory that is not a
     run, a run written by a newer wsolbench, a completed run, a checkpoint of
-    another method or configuration, and :class:`~wsolbench.runs.RunLockedError`
+    another method or configuration, and :class:`~wsolbench.runs.rundir.RunLockedError`
     while another process writes the run.
     """
     run_dir = RunDir(path)
     try:
         manifest = run_dir.read_manifest()
-        config = run_dir.read_json(runs.CONFIG)
+        config = run_dir.read_json(rundir.CONFIG)
         cfg = run_dir.read_config()
-    except runs.RunDirError as exc:
+    except rundir.RunDirError as exc:
         raise ResumeError(f"{exc}; the run cannot be resumed") from exc
     schema = manifest.get("schema_version", 0)
     if not isinstance(schema, int) or schema > RUN_SCHEMA_VERSION:
@@ -181,13 +183,13 @@ def open_run(path: str | Path) -> ResumePoint:
     run_dir.acquire()
     try:
         checkpoint = None
-        if (run_dir.path / runs.LAST).exists():
-            checkpoint = run_dir.load_checkpoint(runs.LAST)
-            check_checkpoint(checkpoint, cfg, run_dir.path / runs.LAST)
+        if (run_dir.path / rundir.LAST).exists():
+            checkpoint = run_dir.load_checkpoint(rundir.LAST)
+            check_checkpoint(checkpoint, cfg, run_dir.path / rundir.LAST)
             if as_stored_json(checkpoint.get("config")) != config:
                 raise ResumeError(
-                    f"{run_dir.path / runs.LAST} was written with another configuration than "
-                    f"{run_dir.path / runs.CONFIG}; the run directory was changed by hand and cannot be resumed"
+                    f"{run_dir.path / rundir.LAST} was written with another configuration than "
+                    f"{run_dir.path / rundir.CONFIG}; the run directory was changed by hand and cannot be resumed"
                 )
         run_dir.remove_temporaries()
         last_epoch = checkpoint["epoch"] if checkpoint is not None else -1
@@ -205,22 +207,22 @@ def _repair_best(run_dir: RunDir, checkpoint: dict[str, Any]) -> None:
     best_epoch = checkpoint.get("train_state", {}).get("best", {}).get("epoch", -1)
     if best_epoch < 0:
         return
-    path = run_dir.path / runs.BEST
-    on_disk = run_dir.load_checkpoint(runs.BEST).get("epoch") if path.exists() else None
+    path = run_dir.path / rundir.BEST
+    on_disk = run_dir.load_checkpoint(rundir.BEST).get("epoch") if path.exists() else None
     if on_disk == best_epoch:
         return
     if best_epoch != checkpoint["epoch"]:
         raise ResumeError(
-            f"{path} holds epoch {on_disk} but {runs.LAST} records epoch {best_epoch} as the best; the run "
+            f"{path} holds epoch {on_disk} but {rundir.LAST} records epoch {best_epoch} as the best; the run "
             f"directory was changed by hand and cannot be resumed"
         )
-    run_dir.save_checkpoint(runs.BEST, {k: v for k, v in checkpoint.items() if k not in TRAINING_KEYS})
+    run_dir.save_checkpoint(rundir.BEST, {k: v for k, v in checkpoint.items() if k not in TRAINING_KEYS})
 
 
 def _follower_point(path: str | Path) -> ResumePoint:
     """What a process other than rank 0 needs to resume the run in ``path``: its configuration and ``last.pt``."""
     run_dir = RunDir(path, read_only=True)
-    checkpoint = run_dir.load_checkpoint(runs.LAST) if (run_dir.path / runs.LAST).exists() else None
+    checkpoint = run_dir.load_checkpoint(rundir.LAST) if (run_dir.path / rundir.LAST).exists() else None
     return ResumePoint(run_dir, run_dir.read_config(), checkpoint)
 
 
@@ -243,12 +245,12 @@ def _shared_run_dir(dist: Context, create: Any) -> RunDir:
 
 
 def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None, dist: Context) -> RunDir:
-    runs.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
+    rundir.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
     name = cfg.run_name or RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
     run_dir = RunDir.create(cfg.output_dir, name)
     config_dict = cfg.to_dict()
     run_dir.write_config(config_dict)
-    manifest = runs.new_manifest(config_dict, str(device), argv)
+    manifest = rundir.new_manifest(config_dict, str(device), argv)
     manifest["method_label"] = method_label(cfg)
     if dist.active:
         manifest["processes"] = dist.world_size
@@ -293,7 +295,7 @@ def _run(
 def _mark_stopped(run_dir: RunDir, status: str, reason: str) -> None:
     """Record why the run stopped, keep its files, release its lock; never masks the original error."""
     with contextlib.suppress(Exception):
-        run_dir.update_manifest(status=status, finished=runs.now(), error=reason)
+        run_dir.update_manifest(status=status, finished=rundir.now(), error=reason)
     run_dir.release()
 
 
@@ -312,10 +314,10 @@ def _train_and_test(
     if method.trainable and cfg.train.epochs > 0:
         state = _train(cfg, dataset, method, device, precision, run_dir, listener, checkpoint, dist)
         if dist.is_main:
-            load_model_state(method, run_dir.load_checkpoint(runs.BEST), cfg)
+            load_model_state(method, run_dir.load_checkpoint(rundir.BEST), cfg)
         dist.broadcast_module(method)
     else:
-        run_dir.save_checkpoint(runs.BEST, model_state(method, cfg, -1), reserve_mb=cfg.train.min_free_mb)
+        run_dir.save_checkpoint(rundir.BEST, model_state(method, cfg, -1), reserve_mb=cfg.train.min_free_mb)
 
     t0 = time.perf_counter()
     test_split = dataset.split("test")
@@ -333,11 +335,11 @@ def _train_and_test(
     write_outputs(run_dir, test, extras, results)
     run_dir.update_manifest(
         status="completed",
-        finished=runs.now(),
+        finished=rundir.now(),
         train_seconds=round(state.train_seconds, 3),
         valid_seconds=round(state.valid_seconds, 3),
         eval_seconds=round(eval_seconds, 3),
-        peak_memory_mb=runs.peak_memory_mb(device),
+        peak_memory_mb=rundir.peak_memory_mb(device),
         best_epoch=state.best["epoch"],
     )
     return results
@@ -397,12 +399,12 @@ def _train(
         # this order keeps the files consistent whenever a kill falls (see the module docstring)
         run_dir.append_metrics(row)
         run_dir.save_checkpoint(
-            runs.LAST,
+            rundir.LAST,
             model_state(method, cfg, epoch, **training_state(optimizer, scheduler, precision.scaler, state)),
             reserve_mb=reserve,
         )
         if improved:
-            run_dir.save_checkpoint(runs.BEST, model_state(method, cfg, epoch), reserve_mb=reserve)
+            run_dir.save_checkpoint(rundir.BEST, model_state(method, cfg, epoch), reserve_mb=reserve)
         run_dir.update_manifest(train_seconds=round(state.train_seconds, 3),
                                 valid_seconds=round(state.valid_seconds, 3), epochs_done=epoch + 1)
         _tell(listener, "epoch_ended", epoch=epoch, total=epochs, logs={**row, "improved": improved})

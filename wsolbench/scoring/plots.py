@@ -140,10 +140,10 @@ def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float 
 
 
 def curve_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(thresholds, precision, recall)`` of :func:`wsolbench.metrics.precision_recall_curve`, as arrays."""
+    """``(thresholds, precision, recall)`` of :func:`wsolbench.scoring.metrics.precision_recall_curve`, as arrays."""
     import torch
 
-    from wsolbench.metrics import precision_recall_curve
+    from wsolbench.scoring.metrics import precision_recall_curve
 
     t, p, r = precision_recall_curve(torch.as_tensor(curve.hist_fg), torch.as_tensor(curve.hist_bg))
     return t.numpy(), p.numpy(), r.numpy()
@@ -154,7 +154,7 @@ def pr_figure(curves: Sequence[Curve], title: str = "", threshold: float = 0.5) 
     curve's point at ``threshold``; the legend gives each curve's PxAP."""
     import torch
 
-    from wsolbench.metrics import histogram_metrics
+    from wsolbench.scoring.metrics import histogram_metrics
 
     fig = _figure(4.8, 4.0)
     ax = fig.subplots()

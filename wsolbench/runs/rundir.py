@@ -20,7 +20,7 @@ one flushed line at a time):
 ``lock``             held (``flock``) by the process writing the run; it names that process
 
 A run whose process was killed keeps everything up to its last finished epoch;
-``wsolbench run --resume RUN_DIR`` continues it (:mod:`wsolbench.runner`).
+``wsolbench run --resume RUN_DIR`` continues it (:mod:`wsolbench.training.runner`).
 Write errors become one-paragraph errors (:class:`DiskFullError`,
 :class:`RunWriteError`); checkpoints are refused when they would leave less
 than the configured free space.
@@ -52,7 +52,7 @@ import torch
 from wsolbench import RUN_SCHEMA_VERSION, __version__
 from wsolbench.config import RunConfig
 from wsolbench.errors import UserError
-from wsolbench.plugins import get_host
+from wsolbench.plugin_host import get_host
 from wsolbench.utils import append_jsonl, atomic_write_bytes, json_bytes, read_json
 
 CONFIG = "config.json"

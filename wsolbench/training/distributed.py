@@ -39,10 +39,10 @@ Files
     Only rank 0 writes the run directory (its path is broadcast to the others),
     prints progress and results, and loads checkpoints; model states reach the
     other processes by broadcast, so the run directory need not be on a shared
-    file system (except to resume a run: see :func:`wsolbench.runner.resume`).
+    file system (except to resume a run: see :func:`wsolbench.training.runner.resume`).
 
 This module holds the process-group primitives; the run's use of them is in
-:mod:`wsolbench.runner`.
+:mod:`wsolbench.training.runner`.
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Subcommands of the ``wsolbench`` command line (imported lazily by :mod:`wsolbench.cli`)."""

@@ -1,0 +1,1 @@
+"""The data layer: images, masks, splits, transforms and downloads (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Runs, reports and suites: the run directory, tables made from run directories, benchmark suites."""
