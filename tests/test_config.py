@@ -77,11 +77,7 @@ def test_malformed_toml(tmp_path):
         config.resolve("cam-avg", "synthetic", "quick", bad)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="min-max's paper profile restates the global "
-                                               "training settings")) if name == "minmax" else name
-    for name in registry("method").names()
-])
+@pytest.mark.parametrize("name", registry("method").names())
 def test_method_profiles_restate_no_global_training_setting(name):
     """The global profiles hold the shared training settings; a method's profiles say only what differs."""
     profiles = registry("method").resolve(name).profiles

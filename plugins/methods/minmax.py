@@ -44,7 +44,10 @@ stay shared). Training itself, which normalises with each batch's statistics,
 is unchanged; evaluation normalises each sub-network as it was trained. With
 ``"shared"`` one set follows every pass, a mixture that fits neither: on the
 synthetic dataset it left min-max's validation error at 21-42% where the same
-weights scored about 6% normalised with their inputs' own statistics.
+weights scored about 6% normalised with their inputs' own statistics. Every
+pass says what it is (f on the whole image, f on an erased image, g), and
+:meth:`MinMaxEntropy.batch_norm_statistics` lends the layers that pass's set
+(:data:`BN_STATISTICS`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ NORMALIZATIONS = ("image", "batch")
 CLASSIFIER_BATCHES = ("joint", "separate")
 CLASSIFIER_BNS = ("own", "shared")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+#: for each ``classifier_bn``, the running statistics a pass of each kind reads and updates: f's set
+#: (``"localizer"``), g's own set (``"classifier"``) or none (``None``, see :meth:`MinMaxEntropy.batch_norm_statistics`)
+BN_STATISTICS: dict[str, dict[str, str | None]] = {
+    "own": {"localizer": "localizer", "erasing": None, "classifier": "classifier"},
+    "shared": {"localizer": "localizer", "erasing": "localizer", "classifier": "localizer"},
+}
 
 #: ``images -> (scores (N, K), class_maps (N, K, h, w))``
 Localizer = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -200,7 +209,7 @@ def recursive_erasing(
 class MinMaxEntropy(Method):
     """Min-max entropy WSOL with recursive erasing and trust coefficients."""
 
-    summary = "min-max entropy with recursive erasing (Belharbi et al.); u=0: no erasing"
+    summary: ClassVar[str] = "min-max entropy with recursive erasing (Belharbi et al.); u=0: no erasing"
     default_pooling = "wildcat"
     defaults: ClassVar[dict[str, Any]] = {
         "u": 4,  #: maximum localizer passes of the recursive erasing; 0: no erasing
@@ -221,10 +230,6 @@ class MinMaxEntropy(Method):
         "paper": {
             "model": {"backbone": "resnet101", "pretrained": True},
             "pooling": {"modalities": 5, "kmax": 0.09, "kmin": 0.09, "alpha": 0.0, "dropout": 0.85},
-            "train": {
-                "epochs": 400, "batch_size": 8, "lr": 1e-3, "momentum": 0.9, "nesterov": True,
-                "weight_decay": 1e-5, "schedule": "step", "lr_step": 40, "lr_gamma": 0.1, "lr_min": 1e-7,
-            },
         },
         "paper/glas": {"pooling": {"dropout": 0.75}},
         # the 8-epoch smoke profile: erasing from epoch 3, chosen on the synthetic set's validation
@@ -248,67 +253,71 @@ class MinMaxEntropy(Method):
 
         self.loc_head = head()  # the localizer f
         self.cls_head = head()  # the classifier g
-        # g's running statistics, swapped into the backbone's batch-norm layers around g's passes
+        # g's running statistics (classifier_bn = "own"), lent to the backbone's batch-norm layers during g's passes
         self.cls_bn_stats = torch.nn.Module()
         if self.params["classifier_bn"] == "own":
             for i, layer in enumerate(self._batch_norms()):
                 for key in BN_BUFFERS:
                     self.cls_bn_stats.register_buffer(f"{key}_{i}", getattr(layer, key).clone())
+        # f's running statistics while a pass lends the layers another set (None outside every pass)
+        self._localizer_bn: list[list[Tensor | None]] | None = None
 
+    # -- batch-norm running statistics ---------------------------------------------------
     def _batch_norms(self) -> list[torch.nn.modules.batchnorm._BatchNorm]:
         """The backbone's batch-norm layers that keep running statistics, in a fixed order."""
         return [m for m in self.backbone.modules()
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
-
-    def _swap_bn_stats(self) -> None:
-        store = self.cls_bn_stats
-        for i, layer in enumerate(self._batch_norms()):
-            for key in BN_BUFFERS:
-                theirs = getattr(store, f"{key}_{i}")
-                setattr(store, f"{key}_{i}", getattr(layer, key))
-                setattr(layer, key, theirs)
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
     @contextlib.contextmanager
-    def _bn_stats_frozen(self) -> Iterator[None]:
-        """Inside: batch norm normalises with the batch's statistics and updates no running statistics."""
+    def batch_norm_statistics(self, kind: str) -> Iterator[None]:
+        """Inside: the backbone's batch-norm layers read and update the running statistics of a ``kind`` pass.
+
+        ``kind`` is ``"localizer"`` (f on the whole image), ``"erasing"`` (f on
+        an erased image) or ``"classifier"`` (g); :data:`BN_STATISTICS` names
+        the set for each. f's set is the layers' own buffers, g's is
+        ``cls_bn_stats``. With none, a layer in training normalises with the
+        batch's statistics and updates nothing (``num_batches_tracked``
+        included); in evaluation, which updates nothing, it reads f's set.
+        The set follows from ``kind`` alone, so contexts nest in any order:
+        the innermost decides, and leaving one restores what was there.
+        """
+        owner = BN_STATISTICS[self.params["classifier_bn"]][kind]
+        outermost = self._localizer_bn is None
+        if outermost and owner == "localizer":  # outside every pass the layers hold f's set
+            yield
+            return
         layers = self._batch_norms()
-        saved = [(layer.running_mean, layer.running_var, layer.num_batches_tracked.clone()) for layer in layers]
-        for layer in layers:
-            layer.running_mean, layer.running_var = None, None
+        present = [[getattr(layer, key) for key in BN_BUFFERS] for layer in layers]
+        if outermost:
+            self._localizer_bn = present
         try:
+            for i, (layer, localizer_set) in enumerate(zip(layers, self._localizer_bn)):
+                if owner == "classifier":
+                    stats = [getattr(self.cls_bn_stats, f"{key}_{i}") for key in BN_BUFFERS]
+                elif owner is None and layer.training:
+                    stats = [None] * len(BN_BUFFERS)
+                else:
+                    stats = localizer_set
+                for key, value in zip(BN_BUFFERS, stats):
+                    setattr(layer, key, value)
             yield
         finally:
-            for layer, (mean, var, count) in zip(layers, saved):
-                layer.running_mean, layer.running_var = mean, var
-                layer.num_batches_tracked.copy_(count)
+            for layer, stats in zip(layers, present):
+                for key, value in zip(BN_BUFFERS, stats):
+                    setattr(layer, key, value)
+            if outermost:
+                self._localizer_bn = None
 
     def _erasing_localizer(self) -> Localizer:
-        """``f`` for the erasing: its passes on erased images leave f's running statistics alone (``own``)."""
-        if self.params["classifier_bn"] != "own":
-            return self.localizer
+        """``f`` for the erasing: its first pass sees the whole image, the later ones erased images."""
         passes = 0
 
         def localizer(images: Tensor) -> tuple[Tensor, Tensor]:
             nonlocal passes
             passes += 1
-            if passes == 1 or not self.training:  # the whole image, as f sees it at inference
-                return self.localizer(images)
-            with self._bn_stats_frozen():
-                return self.localizer(images)
+            return self.localizer(images, "localizer" if passes == 1 else "erasing")
 
         return localizer
-
-    @contextlib.contextmanager
-    def _classifier_bn(self) -> Iterator[None]:
-        """Inside: the backbone's batch norm uses and updates g's running statistics."""
-        if self.params["classifier_bn"] != "own":
-            yield
-            return
-        self._swap_bn_stats()
-        try:
-            yield
-        finally:
-            self._swap_bn_stats()
 
     def _check_params(self) -> None:
         p = self.params
@@ -336,16 +345,18 @@ class MinMaxEntropy(Method):
         self.epoch = epoch
 
     # -- the two sub-networks ---------------------------------------------------------
-    def localizer(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``f``: ``(scores, class_maps)`` of the localizer's head."""
-        return self.loc_head(self.backbone(images)[-1])
+    def localizer(self, images: Tensor, kind: str = "localizer") -> tuple[Tensor, Tensor]:
+        """``f``: ``(scores, class_maps)`` of the localizer's head; ``kind``: ``"erasing"`` on an erased image."""
+        with self.batch_norm_statistics(kind):
+            features = self.backbone(images)[-1]
+        return self.loc_head(features)
 
     def classify(self, images: Tensor) -> Tensor:
         """``g``: class scores of the image resized by ``classifier_scale``."""
         scale = self.params["classifier_scale"]
         if scale != 1:
             images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
-        with self._classifier_bn():
+        with self.batch_norm_statistics("classifier"):
             features = self.backbone(images)[-1]
         return self.cls_head(features)[0]
 

@@ -57,9 +57,9 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
     from rich.markup import escape
     from rich.table import Table
 
-    from wsolbench.runs import suite as bench_mod
-    from wsolbench.runs import report as rep
     from wsolbench.cli.console import err, out
+    from wsolbench.runs import report as rep
+    from wsolbench.runs import suite as bench_mod
 
     if jobs > 1 and launcher != "local":
         raise click.UsageError("--jobs is for the local launcher; Slurm runs the cells as parallel jobs anyway")
@@ -141,9 +141,9 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
 
 
 def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
+    from wsolbench.cli.console import err, out
     from wsolbench.runs import report as rep
     from wsolbench.runs.suite import bench_rows
-    from wsolbench.cli.console import err, out
 
     done = [c.run_dir for c in cells if c.run_dir.exists()]
     if not done:

@@ -30,7 +30,13 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
     Prints the images per split and class; exits with status 2 listing the
     problems if there are any.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from wsolbench import assembly, config
     from wsolbench.cli.console import err, out
@@ -114,7 +120,13 @@ def download_cmd(name: str, dest: str, mirror: str | None) -> None:
     Checks each file's MD5, resumes partial downloads and skips files already
     there. Datasets without a public download (GlaS) say where to get them.
     """
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
 
     from wsolbench.cli.console import err, out
     from wsolbench.data.download import extract, fetch

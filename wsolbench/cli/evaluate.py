@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from wsolbench import config as config_mod
-from wsolbench.cli.run import print_results
 from wsolbench.cli.console import err
+from wsolbench.cli.run import print_results
 
 
 @click.command("evaluate")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 
-from wsolbench.cli.run import print_results, progress_display
 from wsolbench.cli.console import out
+from wsolbench.cli.run import print_results, progress_display
 
 
 @click.command("evaluate-run")
@@ -25,7 +25,9 @@ def evaluate_run(run_dir, checkpoint, split, device, output_dir, quiet) -> None:
     Started with torchrun --nproc_per_node=N -m wsolbench evaluate-run ..., the
     processes share the images and give the same numbers as one process.
     """
-    from wsolbench.training.checkpoint_eval import evaluate_checkpoint  # torch: see wsolbench.cli.run
+    from wsolbench.training.checkpoint_eval import (
+        evaluate_checkpoint,  # torch: see wsolbench.cli.run
+    )
     from wsolbench.training.distributed import from_environment
 
     speaks = from_environment().is_main

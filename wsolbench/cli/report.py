@@ -39,8 +39,8 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
     """
     from pathlib import Path
 
-    from wsolbench.runs import report as rep
     from wsolbench.cli.console import err, out
+    from wsolbench.runs import report as rep
     from wsolbench.utils import atomic_write_text
 
     collection = rep.collect(paths)

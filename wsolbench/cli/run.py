@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from wsolbench import config as config_mod
@@ -111,8 +118,7 @@ def _resume(resume_dir: str, quiet: bool) -> None:
             f"{names}; only --quiet may accompany it. To change settings, start a new run."
         )
     from wsolbench import runs  # torch: see the module docstring
-    from wsolbench.training import distributed
-    from wsolbench.training import runner
+    from wsolbench.training import distributed, runner
 
     speaks = distributed.from_environment().is_main
     if runs.is_complete(resume_dir):

@@ -33,10 +33,18 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from wsolbench.data.samples import Loaded, Record, SampleDataset, check_sizes, read_image, read_mask_array, resolve_under
+from wsolbench.data.samples import (
+    Loaded,
+    Record,
+    SampleDataset,
+    check_sizes,
+    read_image,
+    read_mask_array,
+    resolve_under,
+)
+from wsolbench.data.transforms import NORMALIZATIONS, eval_transform, train_transform
 from wsolbench.errors import ConfigError, DataError
 from wsolbench.interfaces import Dataset
-from wsolbench.data.transforms import NORMALIZATIONS, eval_transform, train_transform
 
 SPLITS = ("train", "valid", "test")
 CSV_HEADER = ("image", "mask", "label")

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsolbench.errors import DataError
 from wsolbench.data.transforms import to_tv
+from wsolbench.errors import DataError
 
 
 @dataclass(frozen=True)

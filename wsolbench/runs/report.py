@@ -21,6 +21,7 @@ versions of the plug-in providing a method (or pooling, or dataset).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -31,11 +32,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
-from wsolbench.scoring.metrics import METRICS, PROTOCOLS
+from wsolbench.plugin_host import registry
 from wsolbench.runs.rundir import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS, slug
+from wsolbench.scoring.metrics import METRICS, PROTOCOLS
+from wsolbench.scoring.plots import Curve, draw_pr_curves
 from wsolbench.utils import read_json
 
 CRF_SUFFIX = " + CRF"
@@ -285,8 +291,6 @@ def latex_escape(text: str) -> str:
 # -- rendering ------------------------------------------------------------------
 def to_rich(summary: pd.DataFrame, title: str = "", plain: bool = False) -> Any:
     """A rich table; best cells bold (``plain``: wrapped in ``**``, for text files)."""
-    from rich.markup import escape
-    from rich.table import Table
 
     grid = cells(summary)
     caption = "\n".join(notes(summary, bold="marked **" if plain else "in bold"))
@@ -308,9 +312,6 @@ def to_rich(summary: pd.DataFrame, title: str = "", plain: bool = False) -> Any:
 
 def to_text(summary: pd.DataFrame, title: str = "", width: int = 200) -> str:
     """The table as plain text (for files)."""
-    import io
-
-    from rich.console import Console
 
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(to_rich(summary, title, plain=True))
@@ -322,7 +323,6 @@ def print_table(renderable: Any, console: Any) -> None:
     if console.is_terminal:
         console.print(renderable)
         return
-    from rich.console import Console
 
     Console(file=console.file, width=200, color_system=None).print(renderable)
 
@@ -408,7 +408,6 @@ def _provided_by(results: dict[str, Any], manifest: dict[str, Any]) -> dict[str,
             out[kind] = [str(source.get("name", "")), str(source["distribution"]), str(source.get("version", ""))]
     method = results.get("method")
     if "method" not in out and method:
-        from wsolbench.plugin_host import registry
 
         try:
             distribution = registry("method").get(str(method)).distribution
@@ -451,7 +450,6 @@ def dataset_curves(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, list[
     legend gives the mean PxAP of the table. Runs without histograms, or with
     a different number of bins than the label's first run, are left out.
     """
-    from wsolbench.scoring.plots import Curve
 
     out: dict[str, list[Any]] = {}
     for dataset in summary.attrs["datasets"]:
@@ -474,7 +472,6 @@ def dataset_curves(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, list[
 
 def draw_curves(runs: pd.DataFrame, directory: str | os.PathLike, summary: pd.DataFrame) -> list[Path]:
     """``pr_<dataset>.png`` and ``.pdf`` in ``directory``: the curves of :func:`dataset_curves`."""
-    from wsolbench.scoring.plots import draw_pr_curves
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wsolbench.runs.suite import Cell, Outcome, finish_cell, log_path, open_log, prepare_cell
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
+from wsolbench.runs.suite import (
+    Cell,
+    Outcome,
+    finish_cell,
+    log_path,
+    open_log,
+    prepare_cell,
+)
 
 #: ``--launcher`` value -> submitit cluster
 CLUSTERS = {"slurm": "slurm", "submitit-local": "local"}

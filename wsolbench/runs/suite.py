@@ -57,9 +57,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsolbench.runs import rundir
+from wsolbench import config
 from wsolbench.config import PROFILES, load_toml
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
+from wsolbench.runs import rundir
+from wsolbench.runs.report import CRF_SUFFIX
+from wsolbench.training.checkpoints import as_stored_json
+from wsolbench.training.runner import RESUMABLE
 
 
 class SuiteError(ConfigError):
@@ -114,7 +118,6 @@ class Cell:
 
     def config(self) -> Any:
         """The :class:`~wsolbench.config.RunConfig` that the cell's command line resolves to."""
-        from wsolbench import config
 
         options = self.options()
         method, dataset, profile, sets = (options.pop(key) for key in ("method", "dataset", "profile", "sets"))
@@ -272,8 +275,6 @@ def can_resume(cell: Cell) -> bool:
     It must hold a checkpoint of a finished epoch, a resumable status, and the
     settings the cell resolves to now (a suite edited since starts afresh).
     """
-    from wsolbench.training.checkpoints import as_stored_json
-    from wsolbench.training.runner import RESUMABLE
 
     run_dir = rundir.RunDir(cell.run_dir, read_only=True)
     try:
@@ -413,7 +414,6 @@ def bench_rows(cells: Sequence[Cell], runs: Any) -> list[str]:
 
     ``runs`` is :attr:`wsolbench.runs.report.Collection.runs` for the cells' directories.
     """
-    from wsolbench.runs.report import CRF_SUFFIX
 
     labels = set(runs["label"])
     plain = runs[~runs["label"].str.endswith(CRF_SUFFIX)]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+
 @dataclass(frozen=True)
 class Protocol:
     """How a group of metrics is computed: recorded in ``results.json`` and noted under report tables."""

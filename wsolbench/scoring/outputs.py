@@ -16,9 +16,9 @@ from typing import Any
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.assembly import method_label
 from wsolbench.config import RunConfig
+from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.metrics import LocalizationAccumulator, protocol_record
-from wsolbench.runs.rundir import RunDir
 
 
 @dataclass

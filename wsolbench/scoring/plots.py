@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from scipy.ndimage import binary_erosion
+
+from wsolbench.scoring.metrics import histogram_metrics, precision_recall_curve
 
 TRUTH_RGB = (0, 200, 0)
 PREDICTION_RGB = (230, 20, 20)
@@ -48,7 +55,6 @@ def overlay(image: np.ndarray, region: np.ndarray, color: Sequence[int], alpha: 
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
@@ -58,7 +64,6 @@ def boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
     The image border does not count as outside.
     """
-    from scipy.ndimage import binary_erosion
 
     return mask & ~binary_erosion(mask, iterations=width, border_value=1)
 
@@ -70,7 +75,6 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def _fit(array: np.ndarray, tile: int, resample: int) -> np.ndarray:
     """Resize an (H, W[, 3]) array so its longer side is ``tile`` pixels."""
-    from PIL import Image
 
     h, w = array.shape[:2]
     scale = tile / max(h, w)
@@ -88,8 +92,6 @@ def overlay_panels(sample: Sample, threshold: float = 0.5, tile: int = 160) -> l
     Every panel carries the true boundary in green; the prediction panels tint
     the predicted pixels red.
     """
-    from matplotlib import colormaps
-    from PIL import Image
 
     image = _fit(sample.image, tile, Image.Resampling.BILINEAR)
     truth = _fit(sample.mask.astype(bool), tile, Image.Resampling.NEAREST)
@@ -118,7 +120,6 @@ def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float 
 
     Composed with NumPy and Pillow (no plotting library): a few milliseconds per image.
     """
-    from PIL import Image, ImageDraw
 
     caption, gap = 14, 4
     rows = [overlay_panels(s, threshold, tile) for s in samples]
@@ -141,9 +142,6 @@ def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float 
 
 def curve_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(thresholds, precision, recall)`` of :func:`wsolbench.scoring.metrics.precision_recall_curve`, as arrays."""
-    import torch
-
-    from wsolbench.scoring.metrics import precision_recall_curve
 
     t, p, r = precision_recall_curve(torch.as_tensor(curve.hist_fg), torch.as_tensor(curve.hist_bg))
     return t.numpy(), p.numpy(), r.numpy()
@@ -152,9 +150,6 @@ def curve_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def pr_figure(curves: Sequence[Curve], title: str = "", threshold: float = 0.5) -> Any:
     """A matplotlib ``Figure`` of pixel precision-recall curves (recall on x); a dot marks each
     curve's point at ``threshold``; the legend gives each curve's PxAP."""
-    import torch
-
-    from wsolbench.scoring.metrics import histogram_metrics
 
     fig = _figure(4.8, 4.0)
     ax = fig.subplots()

@@ -27,14 +27,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from wsolbench.runs import rundir
 from wsolbench.assembly import build_dataset, split_ids
 from wsolbench.config import RunConfig
 from wsolbench.errors import UnknownNameError, UserError
+from wsolbench.runs import rundir
+from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.metrics import LocalizationAccumulator
 from wsolbench.scoring.outputs import Evaluation, results_record, write_outputs
-from wsolbench.runs.rundir import RunDir
 
 TOLERANCE = 1e-6
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from wsolbench.training import distributed
-from wsolbench.runs import rundir
 from wsolbench.assembly import build_dataset, build_method, provenance
-from wsolbench.training.checkpoints import load_model_state
-from wsolbench.training.engine import Listener, Precision, evaluate, make_loader
 from wsolbench.errors import UnknownNameError, UserError
+from wsolbench.runs import rundir
+from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.outputs import results_record, write_outputs
-from wsolbench.runs.rundir import RunDir
+from wsolbench.training import distributed
+from wsolbench.training.checkpoints import load_model_state
+from wsolbench.training.engine import Listener, Precision, evaluate, make_loader
 from wsolbench.utils import seed_everything
 
 

@@ -19,11 +19,11 @@ from torch import Tensor
 
 from wsolbench.config import RunConfig
 from wsolbench.data.samples import eval_collate, seed_worker, train_collate
-from wsolbench.training.distributed import SINGLE, Context, TrainStep
 from wsolbench.errors import DataError, TrainingDivergedError, UserError
 from wsolbench.interfaces import Method
 from wsolbench.scoring.metrics import LocalizationAccumulator, classification_error
 from wsolbench.scoring.outputs import Evaluation
+from wsolbench.training.distributed import SINGLE, Context, TrainStep
 
 
 # -- events ---------------------------------------------------------------------

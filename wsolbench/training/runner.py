@@ -31,9 +31,16 @@ from typing import Any
 import torch
 
 from wsolbench import RUN_SCHEMA_VERSION
-from wsolbench.training import distributed
-from wsolbench.runs import rundir
 from wsolbench.assembly import build_dataset, build_method, method_label, provenance
+from wsolbench.config import RunConfig
+from wsolbench.data.samples import check_split_labels
+from wsolbench.errors import RunInterrupted, UserError
+from wsolbench.interfaces import Dataset, Method
+from wsolbench.runs import rundir
+from wsolbench.runs.rundir import RunDir
+from wsolbench.scoring.extras import TestExtras
+from wsolbench.scoring.outputs import results_record, write_outputs
+from wsolbench.training import distributed
 from wsolbench.training.checkpoints import (
     TRAINING_KEYS,
     TrainState,
@@ -45,8 +52,6 @@ from wsolbench.training.checkpoints import (
     restore_training,
     training_state,
 )
-from wsolbench.config import RunConfig
-from wsolbench.data.samples import check_split_labels
 from wsolbench.training.distributed import Context
 from wsolbench.training.engine import (
     Listener,
@@ -58,11 +63,6 @@ from wsolbench.training.engine import (
     make_scheduler,
     train_one_epoch,
 )
-from wsolbench.errors import RunInterrupted, UserError
-from wsolbench.scoring.extras import TestExtras
-from wsolbench.interfaces import Dataset, Method
-from wsolbench.scoring.outputs import results_record, write_outputs
-from wsolbench.runs.rundir import RunDir
 from wsolbench.utils import seed_everything
 
 #: manifest statuses a run can be resumed from ("running": its process was killed)
