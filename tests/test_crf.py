@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY
 from scipy import ndimage
 
-from conftest import TINY
-from wsolbench import config
-from wsolbench.scoring import crf
+from wsolbench import config, crf
 from wsolbench.errors import ConfigError
 
 
@@ -98,7 +97,8 @@ def test_run_with_crf_reports_both(tmp_path):
 
 
 def test_glas_brings_the_papers_histology_parameters():
-    from wsolbench.scoring.crf import HISTOLOGY, params_for
     from wsolbench_plugins.datasets.glas import Glas
+
+    from wsolbench.crf import HISTOLOGY, params_for
 
     assert params_for(Glas) == HISTOLOGY

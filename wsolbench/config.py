@@ -29,9 +29,9 @@ from typing import Any
 
 import tomllib
 
+from wsolbench.crf import params_for
 from wsolbench.errors import ConfigError, UnknownNameError
 from wsolbench.plugin_host import registry
-from wsolbench.scoring.crf import params_for
 
 
 @dataclass

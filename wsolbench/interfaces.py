@@ -204,7 +204,7 @@ class Dataset:
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     #: the splits :meth:`split` serves
     split_names: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
-    #: dense-CRF parameters (keys of :class:`wsolbench.scoring.crf.CrfParams`); ``None``: natural-image ones
+    #: dense-CRF parameters (keys of :class:`wsolbench.crf.CrfParams`); ``None``: natural-image ones
     crf_params: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, root: str | None = None, seed: int = 0, **params: Any):

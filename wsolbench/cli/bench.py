@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
+from rich.markup import escape
+from rich.table import Table
+
+from wsolbench.cli.console import err, out
+from wsolbench.errors import UserError
 
 
 def _data_roots(items: tuple[str, ...]) -> dict[str, str]:
-    from wsolbench.errors import UserError
-
     roots = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -52,13 +56,7 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
     wsolbench/runs/suite.py and benchmarks/*.toml for the suite format, and
     wsolbench/runs/slurm.py for --launcher slurm and the suite's [slurm] table.
     """
-    import functools
-
-    from rich.markup import escape
-    from rich.table import Table
-
-    from wsolbench.cli.console import err, out
-    from wsolbench.runs import report as rep
+    from wsolbench.runs import report as rep  # torch: see wsolbench.cli
     from wsolbench.runs import suite as bench_mod
 
     if jobs > 1 and launcher != "local":
@@ -141,8 +139,7 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
 
 
 def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
-    from wsolbench.cli.console import err, out
-    from wsolbench.runs import report as rep
+    from wsolbench.runs import report as rep  # torch: see wsolbench.cli
     from wsolbench.runs.suite import bench_rows
 
     done = [c.run_dir for c in cells if c.run_dir.exists()]

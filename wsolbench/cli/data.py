@@ -6,6 +6,22 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from wsolbench import config
+from wsolbench.cli.console import err, out
+from wsolbench.data.download import extract, fetch
+from wsolbench.errors import DataError
+from wsolbench.plugin_host import registry
 
 #: more classes than this: the summary gives counts per class as min / max instead of columns
 MAX_CLASS_COLUMNS = 10
@@ -30,18 +46,8 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
     Prints the images per split and class; exits with status 2 listing the
     problems if there are any.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from wsolbench import assembly, config
-    from wsolbench.cli.console import err, out
+    from wsolbench import assembly  # torch: see wsolbench.cli
     from wsolbench.data.files import FileDataset, verify
-    from wsolbench.errors import DataError
 
     cfg = config.resolve(dataset=name, profile="paper", options={"data_root": data_root}, sets=list(sets))
     dataset = assembly.build_dataset(cfg)
@@ -91,8 +97,6 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
 
 
 def _table(classes: list[str], counts: dict[str, Any]) -> Any:
-    from rich.table import Table
-
     table = Table()
     table.add_column("split")
     table.add_column("images", justify="right")
@@ -120,19 +124,6 @@ def download_cmd(name: str, dest: str, mirror: str | None) -> None:
     Checks each file's MD5, resumes partial downloads and skips files already
     there. Datasets without a public download (GlaS) say where to get them.
     """
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
-    from wsolbench.cli.console import err, out
-    from wsolbench.data.download import extract, fetch
-    from wsolbench.errors import DataError
-    from wsolbench.plugin_host import registry
-
     entry = registry("dataset").get(name)
     cls = entry.resolve()
     resources = getattr(cls, "downloads", ())

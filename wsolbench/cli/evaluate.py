@@ -39,7 +39,7 @@ def evaluate(scoremaps_dir, dataset, data_root, split, profile, seed, sets, pred
     per file and the command exits with status 2 without scoring. Maps may be
     at the mask's size or at the evaluation image's size.
     """
-    from wsolbench import scoremaps  # torch: see wsolbench.cli.run
+    from wsolbench.scoring import scoremaps  # torch: see wsolbench.cli
 
     options = {"data_root": data_root, "seed": seed, "eval": {"crf": crf or None}}
     cfg = config_mod.resolve(None, dataset, profile, None, options, list(sets))

@@ -7,6 +7,12 @@ modules' source (:attr:`wsolbench.registry.Entry.summary`).
 from __future__ import annotations
 
 import click
+from rich.markup import escape
+from rich.table import Table
+
+from wsolbench.cli.console import out
+from wsolbench.errors import PluginImportError
+from wsolbench.plugin_host import DISABLE_AUTOLOAD_ENV, get_host
 
 
 @click.command("list")
@@ -14,13 +20,6 @@ import click
 @click.argument("patterns", nargs=-1)
 def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
     """List methods, poolings, datasets or plug-ins; PATTERNS are glob filters (e.g. 'cam-*')."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from wsolbench.cli.console import out
-    from wsolbench.errors import PluginImportError
-    from wsolbench.plugin_host import DISABLE_AUTOLOAD_ENV, get_host
-
     host = get_host()
     globs = list(patterns) or ["*"]
     kinds = {"methods": "method", "poolings": "pooling", "datasets": "dataset"}

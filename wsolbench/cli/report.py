@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+from rich.markup import escape
+
+from wsolbench.cli.console import err, out
+from wsolbench.utils import atomic_write_text
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -18,8 +24,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to FILE, not stdout.")
 @click.option(
     "--metrics", multiple=True, metavar="M1,M2",
-    help="Columns per dataset: cl_error, f1_pos, f1_neg, pxap, dice_best, iou_best, threshold_best, or all "
-    "(default: cl_error,f1_pos,f1_neg,pxap).",
+    help="Columns per dataset: metric names (docs/metrics.md lists them and the default ones), or all.",
 )
 @click.option("--rows", multiple=True, metavar="L1,L2", help="Only these method labels, in this order.")
 @click.option("--datasets", multiple=True, metavar="D1,D2", help="Only these datasets, in this order.")
@@ -37,11 +42,7 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
     (n_runs, seeds, <metric>_mean, <metric>_std); the LaTeX table needs
     \\usepackage{booktabs}.
     """
-    from pathlib import Path
-
-    from wsolbench.cli.console import err, out
-    from wsolbench.runs import report as rep
-    from wsolbench.utils import atomic_write_text
+    from wsolbench.runs import report as rep  # torch: see wsolbench.cli
 
     collection = rep.collect(paths)
     print_skipped(collection.skipped)
@@ -64,10 +65,6 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
 
 
 def print_skipped(skipped: list) -> None:
-    from rich.markup import escape
-
-    from wsolbench.cli.console import err
-
     if skipped:
         err.print(f"[yellow]skipped {len(skipped)} run director{'ies' if len(skipped) > 1 else 'y'}:[/yellow]")
         for item in skipped:

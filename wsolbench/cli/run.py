@@ -1,9 +1,4 @@
-"""``wsolbench run``: train and evaluate one method on one dataset; its progress display and result table.
-
-Like every command module, this one imports torch and what needs it inside
-the command's body: ``wsolbench run --help`` answers in 0.1 s, and importing
-torch alone takes 2 s or more.
-"""
+"""``wsolbench run``: train and evaluate one method on one dataset; its progress display and result table."""
 
 from __future__ import annotations
 
@@ -87,8 +82,7 @@ def run(
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
 
-    from wsolbench import runner  # torch: see the module docstring
-    from wsolbench.training import distributed
+    from wsolbench.training import distributed, runner  # torch: see wsolbench.cli
 
     speaks = distributed.from_environment().is_main  # the only process, or rank 0 of a torchrun launch
     if speaks:
@@ -117,14 +111,14 @@ def _resume(resume_dir: str, quiet: bool) -> None:
             f"--resume continues a run with the settings in its config.json, so it cannot be combined with "
             f"{names}; only --quiet may accompany it. To change settings, start a new run."
         )
-    from wsolbench import runs  # torch: see the module docstring
+    from wsolbench.runs import rundir  # torch: see wsolbench.cli
     from wsolbench.training import distributed, runner
 
     speaks = distributed.from_environment().is_main
-    if runs.is_complete(resume_dir):
+    if rundir.is_complete(resume_dir):
         if speaks:
             err.print(f"run {resume_dir} is already complete; nothing to resume", soft_wrap=True)
-            print_results(runs.RunDir(resume_dir).read_results(), resume_dir)
+            print_results(rundir.RunDir(resume_dir).read_results(), resume_dir)
         return
     if speaks:
         err.print(f"[bold]wsolbench[/bold] resuming run {resume_dir}", soft_wrap=True)
@@ -223,7 +217,7 @@ SHOWN = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "thres
 
 def results_table(results: dict, title: str) -> Table:
     """The metrics of ``results`` in one row, with a second row after dense-CRF when present."""
-    from wsolbench.scoring.metrics import METRICS  # torch: see the module docstring
+    from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
 
     table = Table(title=title)
     table.add_column("maps")
@@ -240,7 +234,7 @@ def results_table(results: dict, title: str) -> Table:
 
 def metric_notes() -> str:
     """What each shown metric is."""
-    from wsolbench.scoring.metrics import METRICS  # torch: see the module docstring
+    from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
 
     return "\n".join(f"{METRICS[k].title}: {METRICS[k].description}" for k in SHOWN)
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsolbench import crf
 from wsolbench.runs.rundir import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
-from wsolbench.scoring import crf, plots
+from wsolbench.scoring import plots
 from wsolbench.scoring.metrics import LocalizationAccumulator
 
 
