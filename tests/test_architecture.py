@@ -78,3 +78,13 @@ def test_the_rules_catch_an_import_they_do_not_allow():
     rows = module_map()
     assert not allows(rows["wsolbench.errors"], "wsolbench.training.engine")
     assert allows(["scoring"], "wsolbench.scoring.metrics") and not allows(["scoring"], "wsolbench.scoringx")
+
+
+def test_training_draws_nothing():
+    """The loops and a run's life report through events; drawing on the screen is the command line's."""
+    for path in sorted((PACKAGE / "training").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        drawing = ("rich", "click", "wsolbench.cli")
+        assert not {m for m in names for d in drawing if m == d or m.startswith(d + ".")}, path.name
