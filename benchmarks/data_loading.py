@@ -18,8 +18,7 @@ import time
 import torch
 
 from wsolbench import assembly, config
-from wsolbench.training import distributed
-from wsolbench.training import engine
+from wsolbench.training import distributed, engine
 
 
 def loader_seconds_per_batch(split, cfg, device, workers: int, batches: int) -> float:

@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     from rich.table import Table
 
     from wsolbench import config
-    from wsolbench.training import runner
     from wsolbench.cli.console import out
     from wsolbench.plugin_host import registry
+    from wsolbench.training import runner
 
     pooling = args.pooling or ("wildcat" if "wildcat" in registry("pooling").names() else "avg")
     common = [*args.sets, "device=cpu"] + ([f"train.epochs={args.epochs}"] if args.epochs is not None else [])

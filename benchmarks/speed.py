@@ -44,9 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from wsolbench import assembly, config
-from wsolbench.training import distributed
-from wsolbench.training import engine
 from wsolbench.scoring.metrics import LocalizationAccumulator, histogram_metrics
+from wsolbench.training import distributed, engine
 
 HERE = Path(__file__).resolve().parent
 

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
 
 #: a folder holding an uninstalled distribution with the ``fault-cam`` method and ``rooted`` dataset

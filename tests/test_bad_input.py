@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli, shared_data
 from reliability_support import FAST, cli, finished_run, plugin_host
-from wsolbench.runs import rundir
+
 from wsolbench.errors import DataError
+from wsolbench.runs import rundir
 
 
 @pytest.fixture(scope="module")

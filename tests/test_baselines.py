@@ -9,18 +9,16 @@ from typing import ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 from torch import nn
+from wsolbench_plugins.methods.gradcam import grad_cam
 
 from wsolbench import assembly, config
-from wsolbench.training import engine
-from wsolbench.training import runner
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Method, ModelSpec, StepOutput
 from wsolbench.models import minmax_normalize, upsample
 from wsolbench.testing import build_method, make_batch
-from wsolbench_plugins.methods.gradcam import grad_cam
-
-from conftest import TINY
+from wsolbench.training import engine, runner
 
 #: timm's smallest ResNet (five stages at strides 2 to 32, 0.4 M parameters), for tests that train
 SMALL = ModelSpec(backbone="test_resnet", pretrained=False)
@@ -105,8 +103,8 @@ def test_allones_scores_f1_neg_zero_and_f1_pos_of_an_all_foreground_mask(tmp_pat
     assert results["cl_error"] is None and results["valid_error"] is None and results["best_epoch"] == -1
     assert not (result.run_dir.path / "metrics.jsonl").exists()  # nothing was trained
 
-    from wsolbench.cli.run import print_results
     from wsolbench.cli.console import out
+    from wsolbench.cli.run import print_results
 
     with out.capture() as captured:
         print_results(results, str(result.run_dir.path))

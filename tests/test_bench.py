@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, run_cli
 from PIL import Image
 
-from conftest import TINY, run_cli
-from wsolbench.runs import suite as bench
-from wsolbench.runs.rundir import RunDir
-from wsolbench.runs import report as rep
 from wsolbench.cli import main
 from wsolbench.errors import UnknownNameError, UserError
+from wsolbench.runs import report as rep
+from wsolbench.runs import suite as bench
+from wsolbench.runs.rundir import RunDir
 
 #: TINY's settings as suite lines, without training (the grid checks bookkeeping, not learning)
 TINY_SETS = [TINY[i + 1] for i in range(0, len(TINY), 2) if TINY[i] == "--set"] + ["train.epochs=0"]

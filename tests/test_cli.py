@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
+
 from wsolbench.cli import COMMANDS
 
 

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch.nn.functional as F
 from torch import Tensor, nn
+from wsolbench_plugins.datasets.synthetic import Synthetic
 
 from wsolbench.interfaces import Method, Pooling, StepOutput
 from wsolbench.models import minmax_normalize, select_class_maps
 from wsolbench.plugin_host import registry
 from wsolbench.registry import Entry
 from wsolbench.testing import check_dataset, check_method, check_pooling
-from wsolbench_plugins.datasets.synthetic import Synthetic
 
 
 class TinyCam(Method):

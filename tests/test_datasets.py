@@ -24,15 +24,21 @@ from fixture_trees import (
 )
 from PIL import Image
 from scipy import ndimage
-
-from wsolbench import config
-from wsolbench.data.samples import Record, eval_collate
-from wsolbench.data.files import ceil_share, limit_per_class, safe_path, stratified_holdout, verify
-from wsolbench.errors import ConfigError, DataError
 from wsolbench_plugins.datasets.cub import CUB5_CLASSES, Cub, Cub5
 from wsolbench_plugins.datasets.folder import Folder
 from wsolbench_plugins.datasets.glas import Glas
 from wsolbench_plugins.datasets.oxf import Oxf
+
+from wsolbench import config
+from wsolbench.data.files import (
+    ceil_share,
+    limit_per_class,
+    safe_path,
+    stratified_holdout,
+    verify,
+)
+from wsolbench.data.samples import Record, eval_collate
+from wsolbench.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ from __future__ import annotations
 import csv
 import json
 
+import distributed_support
 import pytest
 import torch
-
-import distributed_support
 from conftest import TINY
-from wsolbench.training import distributed
+
 from wsolbench.cli import main
-from wsolbench.training.distributed import Context, shard_batches
 from wsolbench.errors import UserError
+from wsolbench.training import distributed
+from wsolbench.training.distributed import Context, shard_batches
 
 METRICS = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best", "n_images")
 

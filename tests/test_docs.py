@@ -7,11 +7,10 @@ import inspect
 import re
 
 import pytest
+from conftest import REPO
 
 from wsolbench import docs, hookspecs
 from wsolbench.plugin_host import PluginInfo, _make_register
-
-from conftest import REPO
 
 #: every hook's arguments when it was published: hooks may gain arguments, never lose or rename one
 PUBLISHED_HOOK_ARGUMENTS = {

@@ -7,7 +7,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from wsolbench.scoring.metrics import LocalizationAccumulator, classification_error, histogram_metrics
+from wsolbench.scoring.metrics import (
+    LocalizationAccumulator,
+    classification_error,
+    histogram_metrics,
+)
 
 
 def slow_dice(pred: np.ndarray, gt: np.ndarray) -> float:

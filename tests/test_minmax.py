@@ -10,13 +10,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TINY
-from wsolbench import config
-from wsolbench.errors import ConfigError, UnknownNameError
-from wsolbench.interfaces import ModelSpec
-from wsolbench.plugin_host import registry
-from wsolbench.testing import TINY_MODEL, build_method
 from wsolbench_plugins.methods.minmax import (
     MinMaxEntropy,
     positive_map,
@@ -25,6 +19,12 @@ from wsolbench_plugins.methods.minmax import (
     trust_coefficients,
     uniform_target_loss,
 )
+
+from wsolbench import config
+from wsolbench.errors import ConfigError, UnknownNameError
+from wsolbench.interfaces import ModelSpec
+from wsolbench.plugin_host import registry
+from wsolbench.testing import TINY_MODEL, build_method
 
 
 # -- Eq.6 --------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from wsolbench.scoring import plots
 from wsolbench.runs import report as rep
+from wsolbench.scoring import plots
 from wsolbench.scoring.metrics import LocalizationAccumulator, precision_recall_curve
 
 

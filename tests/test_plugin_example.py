@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY
 from plugin_support import write_distribution
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from wsolbench.runs import report as rep
-
 from test_report import cli, fake_run
+
+from wsolbench.runs import report as rep
 
 
 def provided(version: str, method: str = "hide-and-seek", dist: str = "wsolbench-hide-and-seek") -> dict:

@@ -10,12 +10,11 @@ import textwrap
 import warnings
 
 import pytest
+from plugin_support import write_distribution
 
 from wsolbench.errors import DuplicateNameError, UnknownNameError
 from wsolbench.plugin_host import PluginHost, PluginWarning, get_host
 from wsolbench.registry import Entry, Registry, literal_summary
-
-from plugin_support import write_distribution
 
 
 def test_unknown_name_suggests_close_match():

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from reliability_support import (
-    FAST, cli, finished_run, metric_rows, outcome, plugin_host, read_json, subprocess_env,
+    FAST,
+    cli,
+    finished_run,
+    metric_rows,
+    outcome,
+    plugin_host,
+    read_json,
+    subprocess_env,
 )
+
 from wsolbench.runs import rundir
 
 EPOCHS = 3
@@ -288,8 +295,12 @@ def test_the_training_state_loads_weights_only_into_fresh_objects(tmp_path):
     import io
 
     from wsolbench.config import RunConfig
+    from wsolbench.training.checkpoints import (
+        TrainState,
+        restore_training,
+        training_state,
+    )
     from wsolbench.training.engine import make_optimizer, make_scheduler
-    from wsolbench.training.checkpoints import TrainState, restore_training, training_state
 
     class Tiny(torch.nn.Module):
         def __init__(self):

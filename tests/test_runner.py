@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY
+
 from wsolbench import config
-from wsolbench.training import runner
 from wsolbench.runs import rundir
-from wsolbench.training.engine import EVENTS, Event
 from wsolbench.scoring.outputs import Evaluation
+from wsolbench.training import runner
+from wsolbench.training.engine import EVENTS, Event
 
 SETS = [TINY[i + 1] for i in range(0, len(TINY) - 2, 2) if TINY[i] == "--set"]
 
@@ -102,3 +102,17 @@ def test_slug_makes_one_safe_name():
     assert rundir.slug("cam avg/u=4 (paper)") == "cam-avg-u-4-paper"
     assert rundir.slug("..hidden.") == "hidden"
     assert rundir.slug("///") == "run"
+
+
+def test_the_progress_display_follows_a_run(tmp_path):
+    from wsolbench.cli.run import ProgressDisplay
+
+    display = ProgressDisplay()
+    display.progress.disable = True  # nothing on the terminal; the tasks still count
+    with display.progress:
+        runner.run(tiny(tmp_path, 2), listener=display)
+    tasks = {task.description: task for task in display.progress.tasks}
+    assert tasks["epochs"].completed == tasks["epochs"].total == 2
+    assert tasks["epochs"].fields["info"].startswith("loss ")
+    assert tasks["valid"].completed == tasks["valid"].total == 1  # the last pass of the shared batch bar
+    assert tasks["test"].completed == tasks["test"].total == 1  # 8 test images, batches of 8

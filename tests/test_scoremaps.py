@@ -9,9 +9,9 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from wsolbench import config
-from wsolbench.scoring import scoremaps
 from wsolbench.cli import main
 from wsolbench.plugin_host import registry
+from wsolbench.scoring import scoremaps
 
 SETS = ["dataset.image_size=24", "dataset.n_test=6"]
 

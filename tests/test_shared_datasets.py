@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_data
-
-from wsolbench.data.samples import Record
-from wsolbench.data.files import ceil_share, find_split_files, read_split_csv, verify
 from wsolbench_plugins.datasets.cub import Cub
 from wsolbench_plugins.datasets.glas import Glas
 from wsolbench_plugins.datasets.oxf import Oxf
+
+from wsolbench.data.files import ceil_share, find_split_files, read_split_csv, verify
+from wsolbench.data.samples import Record
 
 pytestmark = pytest.mark.shared_data
 

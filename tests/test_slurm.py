@@ -7,12 +7,11 @@ import sys
 from dataclasses import fields
 
 import pytest
-
 from test_bench import TINY_SETS, write_suite
-from wsolbench.runs import suite
-from wsolbench.runs import slurm
+
 from wsolbench.cli import main
 from wsolbench.errors import ConfigError, UnknownNameError, UserError
+from wsolbench.runs import slurm, suite
 
 
 def test_options_from_the_suite_table_and_the_command_line():

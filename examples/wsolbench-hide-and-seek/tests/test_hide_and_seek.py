@@ -10,11 +10,17 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from wsolbench_hide_and_seek.method import hide, hiding_mask
 
 from wsolbench.errors import ConfigError
 from wsolbench.plugin_host import registry
-from wsolbench.testing import TINY_MODEL, build_method, check_method, check_pooling, make_batch
-from wsolbench_hide_and_seek.method import hide, hiding_mask
+from wsolbench.testing import (
+    TINY_MODEL,
+    build_method,
+    check_method,
+    check_pooling,
+    make_batch,
+)
 
 
 def test_registered_with_wsolbench():

@@ -45,9 +45,9 @@ def demo(dataset, data_root, profile, sets, split, index, patch_sizes, hide_prob
     from PIL import Image
 
     from wsolbench import assembly, config
+    from wsolbench.data.transforms import IMAGENET_MEAN
     from wsolbench.errors import UserError
     from wsolbench.scoring.extras import raw_rgb
-    from wsolbench.data.transforms import IMAGENET_MEAN
     from wsolbench.utils import atomic_write_bytes
     from wsolbench_hide_and_seek.method import hiding_mask
 

@@ -31,12 +31,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from wsolbench_plugins.methods.cam import PAPER_BASELINE_PROFILES
 
 from wsolbench.config import deep_merge
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import StepOutput
 from wsolbench.models import CamMethod
-from wsolbench_plugins.methods.cam import PAPER_BASELINE_PROFILES
 
 #: the paper's mixture of patch sizes (Singh & Lee, "HaS-Mixed"), for images of about 224 pixels
 PAPER_PATCH_SIZES = [0, 16, 32, 44, 56]
