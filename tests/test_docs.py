@@ -17,6 +17,7 @@ PUBLISHED_HOOK_ARGUMENTS = {
     "wsolbench_register_methods": {"register"},
     "wsolbench_register_poolings": {"register"},
     "wsolbench_register_datasets": {"register"},
+    "wsolbench_register_loggers": {"register"},
     "wsolbench_register_commands": {"cli"},
 }
 #: the ``register`` callback's arguments

@@ -58,7 +58,7 @@ def test_lazy_factory_string_is_imported_on_use():
 LIST_AND_IMPORTS = """
 import json, sys
 from wsolbench.cli import main
-for kind in ("methods", "poolings", "datasets"):
+for kind in ("methods", "poolings", "datasets", "loggers"):
     print("==", kind)
     try:
         main(["list", kind])
@@ -74,8 +74,9 @@ def test_list_shows_each_builtins_class_summary_without_importing_its_module():
                           env=env)
     assert proc.returncode == 0, proc.stderr
     *listing, last = proc.stdout.strip().splitlines()
-    assert sorted(json.loads(last)) == ["wsolbench_plugins.datasets", "wsolbench_plugins.methods",
-                                        "wsolbench_plugins.poolings"], "list imported a plug-in module"
+    assert sorted(json.loads(last)) == ["wsolbench_plugins.datasets", "wsolbench_plugins.loggers",
+                                        "wsolbench_plugins.methods", "wsolbench_plugins.poolings"], \
+        "list imported a plug-in module"
     shown: dict[str, dict[str, str]] = {}
     for line in listing:
         if line.startswith("== "):
@@ -84,7 +85,7 @@ def test_list_shows_each_builtins_class_summary_without_importing_its_module():
             name, summary, _ = (cell.strip() for cell in line.split("│"))
             table[name] = summary
     host = get_host()
-    for kind in ("method", "pooling", "dataset"):
+    for kind in ("method", "pooling", "dataset", "logger"):
         entries = host.registry(kind).entries()
         assert sorted(shown[kind]) == [entry.name for entry in entries]
         for entry in entries:

@@ -8,10 +8,10 @@ import pytest
 from conftest import TINY
 
 from wsolbench import config
+from wsolbench.interfaces import EVENTS, Event
 from wsolbench.runs import rundir
 from wsolbench.scoring.outputs import Evaluation
 from wsolbench.training import runner
-from wsolbench.training.engine import EVENTS, Event
 
 SETS = [TINY[i + 1] for i in range(0, len(TINY) - 2, 2) if TINY[i] == "--set"]
 

@@ -86,6 +86,7 @@ class RunConfig:
     run_name: str | None = None
     data_root: str | None = None
     label: str | None = None  #: the report's row name; None: the method's own label
+    loggers: list[str] = field(default_factory=list)  #: experiment loggers (``wsolbench list loggers``), e.g. ["csv"]
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -123,7 +124,7 @@ class RunConfig:
 
 
 #: top-level keys; ``method`` and ``dataset`` are sections whose ``name`` picks the plug-in
-TOP_KEYS = ("profile", "seed", "device", "output_dir", "run_name", "data_root", "label")
+TOP_KEYS = ("profile", "seed", "device", "output_dir", "run_name", "data_root", "label", "loggers")
 FIXED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
 FREE_SECTIONS = ("method", "pooling", "dataset")
 
@@ -399,6 +400,11 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("eval.bins must be >= 2")
     if cfg.label is not None and not isinstance(cfg.label, str):
         problems.append(f"label must be a string (quote it: --set 'label=\"{cfg.label}\"')")
+    if not all(isinstance(name, str) for name in cfg.loggers):
+        problems.append(f"loggers must be a list of logger names, got {cfg.loggers!r}")
+    else:
+        for name in cfg.loggers:
+            registry("logger").get(name)  # an unknown name: UnknownNameError with a suggestion
     if cfg.eval.pictures < 0:
         problems.append("eval.pictures must be >= 0")
     if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:

@@ -392,15 +392,17 @@ def plugin_reference() -> str:
         if name.startswith("wsolbench_") and callable(func):
             parts += [f"#### `{signature(func)}`\n", rst_to_markdown(func.__doc__ or "")]
     parts += ["### Contracts\n", _body(interfaces.__doc__)]
-    for cls in (interfaces.Method, interfaces.Pooling, interfaces.Dataset):
+    for cls in (interfaces.Method, interfaces.Pooling, interfaces.Dataset, interfaces.Logger):
         parts += [
             f"#### `{cls.__module__}.{cls.__name__}`\n", rst_to_markdown(cls.__doc__ or ""),
             "Class attributes:\n", class_attributes(cls), "Methods:\n", class_methods(cls),
         ]
-    for cls in (interfaces.StepOutput, interfaces.ModelSpec):
+    for cls in (interfaces.StepOutput, interfaces.ModelSpec, interfaces.Event):
         parts += [
             f"#### `{cls.__module__}.{cls.__name__}`\n", rst_to_markdown(cls.__doc__ or ""), dataclass_fields(cls),
         ]
+    parts += ["The kinds of event:\n",
+              table(("kind", "when"), [(f"`{kind}`", _inline(when)) for kind, when in interfaces.EVENTS.items()])]
     parts += ["### Conformance kit: `wsolbench.testing`\n", rst_to_markdown(testing.__doc__ or "")]
     for func in (testing.check_method, testing.check_pooling, testing.check_dataset):
         parts += [f"#### `{signature(func)}`\n", rst_to_markdown(func.__doc__ or "")]

@@ -73,6 +73,16 @@ def wsolbench_register_datasets(register):
 
 
 @hookspec
+def wsolbench_register_loggers(register):
+    """Register experiment loggers.
+
+    Each factory must produce a :class:`wsolbench.interfaces.Logger` when called
+    as ``factory(run_dir=PATH, config=DICT)``; a run uses the loggers its
+    ``loggers`` setting names (``wsolbench run --logger NAME``).
+    """
+
+
+@hookspec
 def wsolbench_register_commands(cli):
     """Add subcommands to the ``wsolbench`` command line.
 

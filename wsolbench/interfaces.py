@@ -1,4 +1,4 @@
-"""The contracts every plug-in fulfils: :class:`Method`, :class:`Pooling`, :class:`Dataset`.
+"""The contracts every plug-in fulfils: :class:`Method`, :class:`Pooling`, :class:`Dataset`, :class:`Logger`.
 
 Per-plug-in facts (does a method need pixel masks for training? gradients at
 inference? which pooling by default? the line ``wsolbench list`` shows?) are
@@ -246,3 +246,51 @@ class Dataset:
                 counts[self.classes[y]] += 1
             out.append(SplitInfo(name, len(labels), counts))
         return out
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a run reports as it goes (see :data:`EVENTS` for the kinds): progress displays and loggers receive them."""
+
+    kind: str  #: a key of :data:`EVENTS`
+    phase: str = ""  #: ``train``, ``valid``, or the split being scored
+    epoch: int = -1
+    total: int = 0  #: epochs (``training_started``) or batches (``phase_started``)
+    logs: dict[str, Any] = field(default_factory=dict)  #: figures of ``epoch_ended``, the picture of ``overlays_drawn``
+
+
+#: the kinds of :class:`Event`, in the order a run sends them
+EVENTS = {
+    "training_started": "training starts at ``epoch`` (0, or the epoch a resumed run continues from) of ``total``",
+    "phase_started": "a pass over ``phase`` (``train``, ``valid``, ``test`` or another split) of ``total`` batches",
+    "step": "one batch of the current phase is done",
+    "epoch_ended": "``epoch`` is done; ``logs`` is its metrics row (as in ``metrics.jsonl``), with ``improved`` "
+    "(a new best model), ``images_per_s`` (training) and ``lr``",
+    "overlays_drawn": "after a validation, when loggers listen: ``logs['image']`` is an ``(H, W, 3)`` uint8 picture "
+    "of the first validation images with their true and predicted masks",
+    "stopped_early": "no better validation error for ``logs['stale']`` validations (``train.patience``): training stops",
+}
+
+
+class Logger:
+    """An experiment logger: receives a run's :class:`Event` values on the main process.
+
+    Built as ``Logger(run_dir=PATH, config=DICT)`` (the run directory and the
+    run's resolved configuration as in ``config.json``) when a run names it in
+    ``loggers`` (``wsolbench run --logger NAME``). A logger that raises is
+    reported once and then left out; it never stops the run.
+    """
+
+    #: one line for ``wsolbench list``, read from the source: keep it a string literal
+    summary: ClassVar[str] = ""
+
+    def __init__(self, run_dir: Any, config: dict[str, Any]):
+        self.run_dir = run_dir
+        self.config = config
+
+    def log(self, event: Event) -> None:
+        """Receive one event (most loggers keep ``epoch_ended`` and ``overlays_drawn``)."""
+
+    def close(self) -> None:
+        """The run has ended (completed, failed or interrupted): flush and release files."""
+

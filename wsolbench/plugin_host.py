@@ -43,6 +43,7 @@ BUILTIN_PLUGINS = (
     "wsolbench_plugins.poolings",
     "wsolbench_plugins.methods",
     "wsolbench_plugins.datasets",
+    "wsolbench_plugins.loggers",
 )
 
 #: registration hook name -> registry kind
@@ -50,6 +51,7 @@ REGISTRATION_HOOKS = {
     "wsolbench_register_methods": "method",
     "wsolbench_register_poolings": "pooling",
     "wsolbench_register_datasets": "dataset",
+    "wsolbench_register_loggers": "logger",
 }
 
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsolbench.data.samples import Record
 from wsolbench.data.files import SPLITS, FileDataset, binary_mask, stratified_holdout
+from wsolbench.data.samples import Record
 from wsolbench.errors import ConfigError, DataError
 
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsolbench.data.samples import Record, read_mask_array
 from wsolbench.data.files import FileDataset
+from wsolbench.data.samples import Record, read_mask_array
 from wsolbench.errors import DataError
 
 EXTENSIONS = (".bmp", ".png")

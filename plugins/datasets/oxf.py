@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsolbench.data.samples import Record, read_mask_array
-from wsolbench.data.files import NATURAL_PAPER, NATURAL_QUICK, FileDataset
 from wsolbench.data.download import Resource
+from wsolbench.data.files import NATURAL_PAPER, NATURAL_QUICK, FileDataset
+from wsolbench.data.samples import Record, read_mask_array
 from wsolbench.errors import DataError
 
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"

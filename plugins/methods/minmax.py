@@ -64,7 +64,14 @@ from torch import Tensor
 
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Method, ModelSpec, StepOutput
-from wsolbench.models import ClassMapHead, build_backbone, build_pooling, feature_channels, minmax_normalize, upsample
+from wsolbench.models import (
+    ClassMapHead,
+    build_backbone,
+    build_pooling,
+    feature_channels,
+    minmax_normalize,
+    upsample,
+)
 
 TRUST_MODES = ("paper", "reference")
 NORMALIZATIONS = ("image", "batch")

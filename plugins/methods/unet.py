@@ -10,7 +10,13 @@ from torch import Tensor, nn
 
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Method, ModelSpec, StepOutput
-from wsolbench.models import ClassMapHead, build_backbone, build_pooling, feature_channels, upsample
+from wsolbench.models import (
+    ClassMapHead,
+    build_backbone,
+    build_pooling,
+    feature_channels,
+    upsample,
+)
 
 from .cam import PAPER_BASELINE_PROFILES
 

@@ -25,7 +25,9 @@ def evaluate_run(run_dir, checkpoint, split, device, output_dir, quiet) -> None:
     Started with torchrun --nproc_per_node=N -m wsolbench evaluate-run ..., the
     processes share the images and give the same numbers as one process.
     """
-    from wsolbench.training.checkpoint_eval import evaluate_checkpoint  # torch: see wsolbench.cli
+    from wsolbench.training.checkpoint_eval import (
+        evaluate_checkpoint,  # torch: see wsolbench.cli
+    )
     from wsolbench.training.distributed import from_environment
 
     speaks = from_environment().is_main

@@ -16,13 +16,13 @@ from wsolbench.plugin_host import DISABLE_AUTOLOAD_ENV, get_host
 
 
 @click.command("list")
-@click.argument("what", type=click.Choice(["all", "methods", "poolings", "datasets", "plugins"]), default="all")
+@click.argument("what", type=click.Choice(["all", "methods", "poolings", "datasets", "loggers", "plugins"]), default="all")
 @click.argument("patterns", nargs=-1)
 def list_cmd(what: str, patterns: tuple[str, ...]) -> None:
     """List methods, poolings, datasets or plug-ins; PATTERNS are glob filters (e.g. 'cam-*')."""
     host = get_host()
     globs = list(patterns) or ["*"]
-    kinds = {"methods": "method", "poolings": "pooling", "datasets": "dataset"}
+    kinds = {"methods": "method", "poolings": "pooling", "datasets": "dataset", "loggers": "logger"}
     shown = list(kinds) if what == "all" else [what] if what in kinds else []
     for plural in shown:
         registry = host.registry(kinds[plural])

@@ -52,6 +52,8 @@ RESUME_COMPATIBLE = ("resume_dir", "quiet")
 @click.option("--run-name", default=None, help="Name of the run directory (default: time-dataset-method-seed).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A TOML file of settings.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. --set train.lr=0.01.")
+@click.option("--logger", "loggers", multiple=True, metavar="NAME",
+              help="An experiment logger (see `wsolbench list loggers`): csv, tensorboard, ...; repeatable.")
 @click.option("--show-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option(
@@ -60,7 +62,7 @@ RESUME_COMPATIBLE = ("resume_dir", "quiet")
 )
 def run(
     method, dataset, data_root, backbone, pretrained, pooling, profile, epochs, batch_size, lr, seed, device,
-    output_dir, run_name, config_file, sets, show_config, quiet, resume_dir,
+    output_dir, run_name, config_file, sets, loggers, show_config, quiet, resume_dir,
 ) -> None:  # noqa: ANN001
     """Train METHOD on DATASET, select the model on validation error, evaluate it on test.
 
@@ -74,6 +76,7 @@ def run(
         return
     options = {
         "data_root": data_root, "seed": seed, "device": device, "output_dir": output_dir, "run_name": run_name,
+        "loggers": list(loggers) or None,
         "model": {"backbone": backbone, "pretrained": pretrained, "pooling": pooling},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr},
     }

@@ -115,12 +115,18 @@ def overlay_panels(sample: Sample, threshold: float = 0.5, tile: int = 160) -> l
 
 
 def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float = 0.5, tile: int = 160) -> Path:
-    """A PNG grid, one row per image: the image, the map, the mask at ``threshold`` and the
-    CRF's mask when present; the true boundary in green, predicted pixels tinted red.
+    """:func:`overlay_grid` saved as a PNG file."""
+    path = Path(path)
+    Image.fromarray(overlay_grid(samples, threshold, tile)).save(path)
+    return path
+
+
+def overlay_grid(samples: Sequence[Sample], threshold: float = 0.5, tile: int = 160) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 grid, one row per image: the image, the map, the mask at ``threshold``
+    and the CRF's mask when present; the true boundary in green, predicted pixels tinted red.
 
     Composed with NumPy and Pillow (no plotting library): a few milliseconds per image.
     """
-
     caption, gap = 14, 4
     rows = [overlay_panels(s, threshold, tile) for s in samples]
     columns = max((len(r) for r in rows), default=1)
@@ -135,9 +141,7 @@ def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float 
             left = gap + j * (tile + gap)
             draw.text((left, top), text[:40], fill="black")
             canvas.paste(Image.fromarray(panel), (left, top + caption))
-    path = Path(path)
-    canvas.save(path)
-    return path
+    return np.asarray(canvas)
 
 
 def curve_points(curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,32 +20,10 @@ from torch import Tensor
 from wsolbench.config import RunConfig
 from wsolbench.data.samples import eval_collate, seed_worker, train_collate
 from wsolbench.errors import DataError, TrainingDivergedError, UserError
-from wsolbench.interfaces import Method
+from wsolbench.interfaces import Event, Method
 from wsolbench.scoring.metrics import LocalizationAccumulator, classification_error
 from wsolbench.scoring.outputs import Evaluation
 from wsolbench.training.distributed import SINGLE, Context, TrainStep
-
-
-# -- events ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Event:
-    """Something a loop or a run reports as it goes; see :data:`EVENTS` for the kinds."""
-
-    kind: str  #: a key of :data:`EVENTS`
-    phase: str = ""  #: ``train``, ``valid``, or the split being scored
-    epoch: int = -1
-    total: int = 0  #: epochs (``training_started``) or batches (``phase_started``)
-    logs: dict[str, Any] = field(default_factory=dict)  #: the epoch's row (``epoch_ended``)
-
-
-#: the kinds of :class:`Event`, in the order a run sends them
-EVENTS = {
-    "training_started": "training starts at ``epoch`` (0, or the epoch a resumed run continues from) of ``total``",
-    "phase_started": "a pass over ``phase`` (``train``, ``valid``, ``test`` or another split) of ``total`` batches",
-    "step": "one batch of the current phase is done",
-    "epoch_ended": "``epoch`` is done; ``logs`` is its metrics row, with ``improved`` (a new best model)",
-    "stopped_early": "no better validation error for ``logs['stale']`` epochs (``train.patience``): training stops",
-}
 
 #: receives the events (``None`` where nobody listens)
 Listener = Callable[[Event], None]
@@ -291,7 +269,7 @@ def evaluate(
             if not bool(torch.isfinite(maps).all()):
                 bad = [int(i) for i in batch["index"][~torch.isfinite(maps.cpu()).flatten(1).all(1)]]
                 raise UserError(f"method {cfg.method!r} produced NaN or infinite maps for test items {bad}")
-            _score_batch(acc, maps, batch, device, on_map)
+            score_batch(acc, maps, batch, device, on_map)
         _tell(listener, "step")
     per_image = {"logits": _cat(all_logits), "label": _cat(all_labels)}
     totals = {}
@@ -323,7 +301,7 @@ def _cat(tensors: list[Tensor]) -> Tensor:
     return torch.cat(tensors) if tensors else torch.empty(0)
 
 
-def _score_batch(
+def score_batch(
     acc: LocalizationAccumulator,
     maps: Tensor,
     batch: dict[str, Any],

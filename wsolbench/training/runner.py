@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ from wsolbench.training.engine import (
     make_scheduler,
     train_one_epoch,
 )
+from wsolbench.training.loggers import LoggerSet, listening, pictures_after_validation
 from wsolbench.utils import seed_everything
 
 #: manifest statuses a run can be resumed from ("running": its process was killed)
@@ -275,8 +277,9 @@ def _run(
         run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
         if dist.is_main:
             resume_from.mark_running(argv)
+    loggers = LoggerSet(cfg.loggers if dist.is_main else [], run_dir.path, cfg.to_dict())
     try:
-        results = _train_and_test(cfg, dataset, method, device, run_dir, listener, checkpoint, dist)
+        results = _train_and_test(cfg, dataset, method, device, run_dir, listener, loggers, checkpoint, dist)
     except KeyboardInterrupt as exc:
         reason = str(exc) or "interrupted by the user (Ctrl-C)"
         _mark_stopped(run_dir, "interrupted", reason)
@@ -288,6 +291,8 @@ def _run(
     except BaseException as exc:
         _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        loggers.close()
     run_dir.release()
     return RunResult(run_dir, results, cfg)
 
@@ -306,13 +311,16 @@ def _train_and_test(
     device: torch.device,
     run_dir: RunDir,
     listener: Listener | None,
+    loggers: LoggerSet,
     checkpoint: dict[str, Any] | None,
     dist: Context,
 ) -> dict[str, Any]:
     precision = Precision.choose(device, cfg.train.amp)
     state = TrainState()
+    listener = listening(listener, loggers or None)
     if method.trainable and cfg.train.epochs > 0:
-        state = _train(cfg, dataset, method, device, precision, run_dir, listener, checkpoint, dist)
+        draw = pictures_after_validation(loggers, method, dataset.split("valid"), cfg, precision)
+        state = _train(cfg, dataset, method, device, precision, run_dir, listener, checkpoint, dist, draw)
         if dist.is_main:
             load_model_state(method, run_dir.load_checkpoint(rundir.BEST), cfg)
         dist.broadcast_module(method)
@@ -355,8 +363,12 @@ def _train(
     listener: Listener | None,
     checkpoint: dict[str, Any] | None,
     dist: Context,
+    draw: Callable[[int], None] | None = None,
 ) -> TrainState:
-    """Train up to ``train.epochs``, validating every ``eval.every`` epochs; ``best.pt`` holds the selected model."""
+    """Train up to ``train.epochs``, validating every ``eval.every`` epochs; ``best.pt`` holds the selected model.
+
+    ``draw(epoch)``, when given, runs after each validation (the loggers' pictures).
+    """
     train_loader = make_loader(dataset.split("train"), cfg, True, device, dist=dist)
     valid_loader = make_loader(dataset.split("valid"), cfg, False, device, seed_offset=1, dist=dist)
     epochs, reserve = cfg.train.epochs, cfg.train.min_free_mb
@@ -377,7 +389,8 @@ def _train(
         logs = train_one_epoch(method, train_loader, optimizer, precision, cfg, epoch, listener, step_fn, dist)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        state.train_seconds += time.perf_counter() - t0
+        epoch_train_seconds = time.perf_counter() - t0
+        state.train_seconds += epoch_train_seconds
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, **logs}
         improved = False
         validates = (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1
@@ -391,6 +404,8 @@ def _train(
             improved = key < (state.best["cl_error"], state.best["loss"])
             if improved:
                 state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
+            if draw is not None:
+                draw(epoch)
         if validates:  # patience counts validations, so an epoch without one never stops the run
             state.stale = 0 if improved else state.stale + 1
         row["best_epoch"] = state.best["epoch"]
@@ -407,8 +422,17 @@ def _train(
             run_dir.save_checkpoint(rundir.BEST, model_state(method, cfg, epoch), reserve_mb=reserve)
         run_dir.update_manifest(train_seconds=round(state.train_seconds, 3),
                                 valid_seconds=round(state.valid_seconds, 3), epochs_done=epoch + 1)
-        _tell(listener, "epoch_ended", epoch=epoch, total=epochs, logs={**row, "improved": improved})
+        speed = _images_trained(train_loader, dist) / max(epoch_train_seconds, 1e-9)
+        _tell(listener, "epoch_ended", epoch=epoch, total=epochs,
+              logs={**row, "improved": improved, "images_per_s": speed})
         if state.stopped_early(cfg.train.patience):
             _tell(listener, "stopped_early", epoch=epoch, logs={"stale": state.stale})
             break
     return state
+
+
+def _images_trained(loader: Any, dist: Context) -> int:
+    """Training images in one epoch over all processes (full batches only when the loader drops the last)."""
+    per_process = len(loader) * loader.batch_size if loader.drop_last else len(loader.sampler)
+    return per_process * dist.world_size
+
