@@ -83,7 +83,7 @@ def test_list_shows_each_builtins_class_summary_without_importing_its_module():
             table = shown.setdefault(line[3:-1], {})  # "methods" -> "method"
         elif "│" in line:
             name, summary, _ = (cell.strip() for cell in line.split("│"))
-            table[name] = summary
+            table[name.split(" (alias")[0]] = summary  # "has (alias: hide-and-seek)" -> "has"
     host = get_host()
     for kind in ("method", "pooling", "dataset", "logger"):
         entries = host.registry(kind).entries()

@@ -16,3 +16,7 @@ def wsolbench_register_methods(register):
     register("gradcam", f"{_HERE}.gradcam:GradCam")
     register("unet", f"{_HERE}.unet:UNet")
     register("allones", f"{_HERE}.allones:AllOnes")
+    register("has", f"{_HERE}.has:HideAndSeek", aliases=("hide-and-seek",))
+    register("adl", f"{_HERE}.adl:Adl")
+    register("cutmix", f"{_HERE}.cutmix:CutMix")
+    register("acol", f"{_HERE}.acol:Acol")

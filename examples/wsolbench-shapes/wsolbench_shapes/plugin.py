@@ -10,12 +10,12 @@ out of its top level for the same reason.
 
 from wsolbench import hookimpl
 
-_HERE = "wsolbench_hide_and_seek"
+_HERE = "wsolbench_shapes"
 
 
 @hookimpl
-def wsolbench_register_methods(register):
-    register("hide-and-seek", f"{_HERE}.method:HideAndSeek", aliases=("has",))
+def wsolbench_register_datasets(register):
+    register("shapes", f"{_HERE}.dataset:Shapes")
 
 
 @hookimpl
@@ -25,6 +25,6 @@ def wsolbench_register_poolings(register):
 
 @hookimpl
 def wsolbench_register_commands(cli):
-    from wsolbench_hide_and_seek.demo import demo
+    from wsolbench_shapes.preview import preview
 
-    cli.add_command(demo)
+    cli.add_command(preview)

@@ -9,18 +9,23 @@ class in the rest of the object. Nothing is hidden at test time.
 The hiding: the image is divided into a grid of ``S x S`` patches anchored at
 its top-left corner (the last row and column are cut by the border), and each
 patch is hidden independently with probability ``hide_prob`` (0.5 in the
-paper). The paper fills hidden pixels with the mean of the training images, so
-that the first convolutions see the same expected input at training and test
-time; here, as in the authors' ``hide_patch.py``, a hidden pixel is zero in the
-normalised image, i.e. the normalisation's channel mean (ImageNet's for
-wsolbench's datasets unless they say otherwise).
+paper and in wsolevaluation). The paper fills hidden pixels with the mean of
+the training images, so that the first convolutions see the same expected
+input at training and test time; here, as in the authors' ``hide_patch.py``
+and wsolevaluation's ``has.py``, a hidden pixel is zero in the normalised
+image, i.e. the dataset's normalisation mean (ImageNet's for wsolbench's
+datasets unless they say otherwise).
 
 ``patch_sizes`` lists the allowed ``S``: one is drawn per image and iteration,
-``0`` meaning "hide nothing". The authors' released AlexNet model used the mixture
-``[0, 16, 32, 44, 56]`` on 224-pixel images (their GoogLeNet model, ``[32]``); the
-default ``[16]`` suits the 64-pixel images of the ``quick`` profile. The rest is
-CAM-Avg: class maps from a 1x1 convolution, global average pooling,
-cross-entropy, the predicted class's map localizes.
+``0`` meaning "hide nothing". The ``paper`` profile uses the authors' mixture
+``[0, 16, 32, 44, 56]`` for 224-pixel images (their released AlexNet model;
+wsolevaluation tunes one grid size per backbone instead); the default ``[16]``
+suits the 64-pixel images of the ``quick`` profile. The rest is CAM-Avg: class
+maps from a 1x1 convolution, global average pooling, cross-entropy, the
+predicted class's map localizes. On CUB the ``paper`` profile trains with
+wsolevaluation's protocol (:data:`~wsolbench_plugins.methods.cam.WSOLEVAL_PROFILES`:
+ResNet-50 with the last stride removed stands in for the paper's GoogLeNet and
+AlexNet).
 """
 
 from __future__ import annotations
@@ -31,12 +36,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from wsolbench_plugins.methods.cam import PAPER_BASELINE_PROFILES
 
-from wsolbench.config import deep_merge
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import StepOutput
 from wsolbench.models import CamMethod
+
+from .cam import wsoleval_profiles
 
 #: the paper's mixture of patch sizes (Singh & Lee, "HaS-Mixed"), for images of about 224 pixels
 PAPER_PATCH_SIZES = [0, 16, 32, 44, 56]
@@ -76,18 +81,13 @@ def hide(images: Tensor, hidden: Tensor) -> Tensor:
     return images.masked_fill(hidden, 0.0)
 
 
-def _paper_profiles() -> dict[str, dict[str, Any]]:
-    """The baselines' changes to the ``paper`` profile (so its rows compare like with like) plus the paper's patch sizes."""
-    return deep_merge(PAPER_BASELINE_PROFILES, {"paper": {"method": {"patch_sizes": list(PAPER_PATCH_SIZES)}}})
-
-
 class HideAndSeek(CamMethod):
     """Hide-and-Seek: CAM-Avg trained on images whose random grid patches are hidden."""
 
     summary = "Hide-and-Seek: CAM trained on images with random grid patches hidden"
     default_pooling = "avg"
     defaults: ClassVar[dict[str, Any]] = {"patch_sizes": [16], "hide_prob": 0.5}
-    profiles: ClassVar[dict[str, dict[str, Any]]] = _paper_profiles()
+    profiles: ClassVar[dict[str, dict[str, Any]]] = wsoleval_profiles({"patch_sizes": PAPER_PATCH_SIZES})
 
     def __init__(self, num_classes: int, model: Any = None, **params: Any):
         chosen = {**self.defaults, **params}
@@ -109,7 +109,7 @@ class HideAndSeek(CamMethod):
 
     @classmethod
     def label(cls, name: str, params: dict[str, Any]) -> str:
-        """``hide-and-seek (S=16)``; ``S=0,16,32`` for a mixture of patch sizes."""
+        """``has (S=16)``; ``S=0,16,32`` for a mixture of patch sizes."""
         sizes = ",".join(str(s) for s in params.get("patch_sizes", cls.defaults["patch_sizes"]))
         return f"{name} (S={sizes})"
 
