@@ -312,7 +312,7 @@ def test_runs_record_the_plugins_and_the_report_puts_them_next_to_the_builtins(w
 def test_autoload_can_be_switched_off_or_limited(ws):
     off = ws.cli("list", "plugins", WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD="1")
     assert off.returncode == 0 and "warning" not in off.stderr
-    assert set(_table_rows(off.stdout)) == {"name", "poolings", "methods", "datasets"}
+    assert set(_table_rows(off.stdout)) == {"name", "poolings", "methods", "datasets", "loggers"}
     assert "WSOLBENCH_DISABLE_PLUGIN_AUTOLOAD is set" in off.stdout
     only = ws.cli("list", "plugins", WSOLBENCH_PLUGINS="wsolbench-shapes")
     assert only.returncode == 0 and "warning" not in only.stderr  # the broken ones are not even imported
