@@ -309,7 +309,7 @@ def decode(image: ImageLike) -> Tensor:
         raise UserError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4) uint8, not {array.shape} {array.dtype}")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array[..., :3].copy()).permute(2, 0, 1).contiguous()  # a copy: arrays may be read-only
 
 
 def _is_sequence(images: Any) -> bool:
