@@ -122,9 +122,24 @@ class Method(nn.Module):
         """One map per image, ``(N, H, W)`` in [0, 1] at the input resolution.
 
         ``logits`` are this method's class scores for ``images`` when the caller
-        already has them (methods that localize the predicted class reuse them).
+        already has them (methods that localize the predicted class reuse them:
+        they localize the class the argmax of ``logits`` names).
         """
         raise NotImplementedError
+
+    def localize_class(self, images: Tensor, classes: Tensor) -> Tensor:
+        """The map of class ``classes[n]`` for image ``n``: ``(N, H, W)`` in [0, 1] (``classes``: ``(N,)`` long).
+
+        What ``wsolbench predict --class`` and ``Model.predict(class_index=...)``
+        draw. The default passes :meth:`localize` one-hot scores of those
+        classes, which is right for a method that localizes the class its
+        logits' argmax names (the CAM family, Grad-CAM) and for a method whose
+        map does not depend on the class (its map is returned unchanged).
+        A method whose map mixes the classes otherwise (min-max's ``M+``
+        weighs every class map by its probability) overrides this.
+        """
+        scores = torch.nn.functional.one_hot(classes.long(), self.num_classes).to(images.device, torch.float32)
+        return self.localize(images, scores)
 
     def infer(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``(logits, maps)`` for evaluation; override to share one forward pass."""
@@ -235,6 +250,27 @@ class Dataset:
     def split_labels(self, name: str) -> list[int]:
         """Labels of a split without decoding images (for counts and samplers)."""
         raise NotImplementedError
+
+    def evaluation_transform(self) -> Callable[..., Any] | None:
+        """The preprocessing of evaluation images (resizing, normalisation), as the evaluation split applies it.
+
+        Called as ``transform(image, mask)`` on a ``tv_tensors.Image`` (uint8
+        ``(3, H, W)``) and a ``tv_tensors.Mask``; returns both (see
+        :func:`wsolbench.data.samples.transformed`). ``None``: the image is only
+        scaled to [0, 1]. A trained model applies it to new images
+        (``wsolbench predict``, ``wsolbench.load``), so a plug-in should build
+        it from its parameters alone, without reading its files. The default
+        takes the transform of the last split (``split_names[-1]``, built with
+        ``train=False``), which works for splits made with
+        :class:`wsolbench.data.samples.SampleDataset` but may need the files.
+        """
+        items = self.split(self.split_names[-1], train=False)
+        if not hasattr(items, "transform"):
+            raise NotImplementedError(
+                f"{type(self).__name__} does not say how it preprocesses evaluation images: implement "
+                f"Dataset.evaluation_transform"
+            )
+        return items.transform
 
     def describe(self) -> list[SplitInfo]:
         """Image counts per split and class (what ``wsolbench data verify`` prints)."""

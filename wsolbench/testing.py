@@ -19,7 +19,8 @@ says what to fix. :func:`check_method` checks that:
   (the engine never gives them masks); methods with it get them;
 - in evaluation mode, ``predict`` gives finite ``(N, K)`` scores; ``localize``
   (with and without the scores) and ``infer`` give finite maps in [0, 1] of
-  shape ``(N, H, W)``, the input's size, which agree with each other;
+  shape ``(N, H, W)``, the input's size, which agree with each other, and so
+  does ``localize_class`` (a given class's map);
 - in channels-last memory format (``train.channels_last``, the default), a
   training step gives the same loss and gradients, and inference the same
   scores and maps, as in the default contiguous format;
@@ -192,12 +193,13 @@ def _check_inference(method: Method, what: str, num_classes: int, size: tuple[in
         maps_alone = method.localize(images)
         maps_given = method.localize(images, logits)
         infer_logits, infer_maps = method.infer(images)
+        maps_class = method.localize_class(images, torch.arange(n) % num_classes)
     assert tuple(logits.shape) == (n, num_classes), (
         f"{what}: predict returned shape {tuple(logits.shape)}, expected (N, K) = {(n, num_classes)}"
     )
     assert torch.isfinite(logits).all(), f"{what}: predict returned non-finite scores"
     for label, maps in (("localize(images)", maps_alone), ("localize(images, logits)", maps_given),
-                        ("infer(images)", infer_maps)):
+                        ("infer(images)", infer_maps), ("localize_class(images, classes)", maps_class)):
         _check_maps(maps, what, label, (n, *size))
     assert torch.allclose(infer_logits.float(), logits.float(), atol=1e-4), f"{what}: infer and predict disagree"
     for label, maps in (("localize(images)", maps_alone), ("localize(images, logits)", maps_given)):
@@ -206,7 +208,8 @@ def _check_inference(method: Method, what: str, num_classes: int, size: tuple[in
         )
     leaked = [k for k, p in method.named_parameters() if p.grad is not None]
     assert not leaked, f"{what}: inference left gradients in parameters {leaked[:5]} (keep no graph alive)"
-    for label, out in (("localize", maps_alone), ("infer", infer_logits), ("infer", infer_maps)):
+    for label, out in (("localize", maps_alone), ("infer", infer_logits), ("infer", infer_maps),
+                       ("localize_class", maps_class)):
         assert not out.requires_grad, f"{what}: {label} returned a tensor attached to a graph; detach it"
 
 

@@ -82,7 +82,7 @@ class Synthetic(Dataset):
             crop = self.params["crop_size"] or None
             transform = train_transform(crop_size=crop, hflip=True, vflip=True)
         else:
-            transform = eval_transform()
+            transform = self.evaluation_transform()
         code = _SPLIT_CODES[name]
 
         def load(i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -95,6 +95,10 @@ class Synthetic(Dataset):
 
         n = self._size(name)
         return SampleDataset(n, load, transform, ids=[f"{name}_{i:05d}" for i in range(n)], cache=True)
+
+    def evaluation_transform(self) -> Any:
+        """Whole images, ImageNet normalisation (no resizing)."""
+        return eval_transform()
 
     # -- generation ---------------------------------------------------------
     def generate(self, split_code: int, index: int) -> tuple[np.ndarray, np.ndarray, int]:

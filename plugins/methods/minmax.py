@@ -32,7 +32,9 @@ so its cost follows their number. ``u = 0`` is the variant without erasing:
 one pass, ``R+`` used as is (no trust), one backward of Eq.9.
 
 Inference is a single pass: the class comes from ``g`` on ``X+`` (as in the
-paper), the map is ``f``'s normalised ``M+`` (per image).
+paper), the map is ``f``'s normalised ``M+`` (per image). The map of a named
+class (``localize_class``, ``wsolbench predict --class``) is ``f``'s map of
+that class alone: Eq.10 with a one-hot distribution.
 
 Batch norm: ``f`` sees whole images at full resolution (and erased ones while
 erasing), ``g`` masked images at ``classifier_scale`` of it, through the same
@@ -101,8 +103,12 @@ def uniform_target_loss(logits: Tensor) -> Tensor:
 
 def positive_map(scores: Tensor, class_maps: Tensor) -> Tensor:
     """Eq.10: ``M+ = sum_k p(k | x) M_k`` with ``p`` the softmax of ``scores``; ``(N, 1, h, w)``."""
-    probs = F.softmax(scores.float(), dim=1)
-    return torch.einsum("nk,nkhw->nhw", probs, class_maps.float()).unsqueeze(1)
+    return weighted_map(F.softmax(scores.float(), dim=1), class_maps)
+
+
+def weighted_map(weights: Tensor, class_maps: Tensor) -> Tensor:
+    """``sum_k weights_k M_k``, ``(N, 1, h, w)``: Eq.10 with any class distribution ``weights`` ``(N, K)``."""
+    return torch.einsum("nk,nkhw->nhw", weights.float(), class_maps.float()).unsqueeze(1)
 
 
 def normalize_maps(maps: Tensor, per: str = "image") -> Tensor:
@@ -433,6 +439,13 @@ class MinMaxEntropy(Method):
 
     def localize(self, images: Tensor, logits: Tensor | None = None) -> Tensor:
         return self._forward_maps(images)[1].squeeze(1)
+
+    def localize_class(self, images: Tensor, classes: Tensor) -> Tensor:
+        """``f``'s map of the given class: Eq.10 with the one-hot distribution of ``classes`` in place of
+        ``f``'s probabilities, upsampled and min-max normalised per image like ``M+``."""
+        _, class_maps = self.localizer(images)
+        weights = F.one_hot(classes.long().to(class_maps.device), self.num_classes)
+        return normalize_maps(upsample(weighted_map(weights, class_maps), tuple(images.shape[-2:]))).squeeze(1)
 
     def infer(self, images: Tensor) -> tuple[Tensor, Tensor]:
         relevant, normalized = self._forward_maps(images)

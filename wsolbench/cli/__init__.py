@@ -31,6 +31,8 @@ COMMANDS = {
     "bench": ("wsolbench.cli.bench:bench", "Run a benchmark suite (methods x datasets x seeds)."),
     "evaluate": ("wsolbench.cli.evaluate:evaluate", "Score maps made by other code (one .npy per image)."),
     "evaluate-run": ("wsolbench.cli.evaluate_run:evaluate_run", "Score a run's checkpoint again (any process count)."),
+    "predict": ("wsolbench.cli.predict:predict", "Maps, boxes and classes of a trained model on your own images."),
+    "export": ("wsolbench.cli.export:export", "Write a run's model to one self-contained .wsol file."),
 }
 
 

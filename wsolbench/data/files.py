@@ -368,6 +368,10 @@ class FileDataset(Dataset):
             std=std,
         )
 
+    def evaluation_transform(self) -> Any:
+        """The evaluation preprocessing, from the parameters alone (no file is read)."""
+        return self.transform(train=False)
+
     def split(self, name: str, train: bool | None = None) -> torch.utils.data.Dataset:
         records = self.records(name)
         train = name == "train" if train is None else train

@@ -67,16 +67,23 @@ class SampleDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"item {index} of a split of {self.length}")
         image, mask, label = self.raw(index)
-        if self.transform is not None:
-            image, mask = self.transform(*to_tv(image, mask))
-        else:
-            image = image.float() / 255.0
-        return {
-            "image": image.as_subclass(Tensor) if hasattr(image, "as_subclass") else image,
-            "mask": mask.as_subclass(Tensor).float(),
-            "label": int(label),
-            "index": index,
-        }
+        image, mask = transformed(self.transform, image, mask)
+        return {"image": image, "mask": mask, "label": int(label), "index": index}
+
+
+def transformed(transform: Callable[..., Any] | None, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(image float (3,h,w), mask float (1,H',W'))``: a uint8 image and mask through a dataset's ``transform``.
+
+    ``transform`` is what :meth:`wsolbench.interfaces.Dataset.evaluation_transform`
+    returns (``None``: the image scaled to [0, 1]); every evaluation item and
+    every image given to a trained model goes through here.
+    """
+    if transform is not None:
+        image, mask = transform(*to_tv(image, mask))
+    else:
+        image = image.float() / 255.0
+    image = image.as_subclass(Tensor) if hasattr(image, "as_subclass") else image
+    return image, mask.as_subclass(Tensor).float()
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
@@ -168,24 +175,28 @@ def eval_collate(items: list[dict[str, Any]], multiple: int = 32) -> dict[str, A
     ``sizes`` keeps each image's size before padding (maps are cropped back to
     it) and ``masks`` stay a list at their own resolution.
     """
-    hs = [it["image"].shape[-2] for it in items]
-    ws = [it["image"].shape[-1] for it in items]
-    height = -(-max(hs) // multiple) * multiple
-    width = -(-max(ws) // multiple) * multiple
-    images = []
-    for it in items:
-        img = it["image"]
-        ph, pw = height - img.shape[-2], width - img.shape[-1]
-        if ph or pw:
-            img = _pad_reflect(img, ph, pw)
-        images.append(img)
+    images, sizes = pad_batch([it["image"] for it in items], multiple)
     return {
-        "image": torch.stack(images),
-        "sizes": list(zip(hs, ws)),
+        "image": images,
+        "sizes": sizes,
         "masks": [it["mask"] for it in items],
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }
+
+
+def pad_batch(images: Sequence[Tensor], multiple: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
+    """``(N, 3, H, W)`` of ``(3, h, w)`` images reflect-padded (bottom, right) to a common size that is a
+    multiple of ``multiple``, and each image's ``(h, w)`` before padding."""
+    hs = [img.shape[-2] for img in images]
+    ws = [img.shape[-1] for img in images]
+    height = -(-max(hs) // multiple) * multiple
+    width = -(-max(ws) // multiple) * multiple
+    padded = []
+    for img in images:
+        ph, pw = height - img.shape[-2], width - img.shape[-1]
+        padded.append(_pad_reflect(img, ph, pw) if ph or pw else img)
+    return torch.stack(padded), list(zip(hs, ws))
 
 
 def _pad_reflect(img: Tensor, ph: int, pw: int) -> Tensor:

@@ -96,9 +96,8 @@ def overlay_panels(sample: Sample, threshold: float = 0.5, tile: int = 160) -> l
     image = _fit(sample.image, tile, Image.Resampling.BILINEAR)
     truth = _fit(sample.mask.astype(bool), tile, Image.Resampling.NEAREST)
     edge = boundary(truth, width=2)
-    heat = _fit(sample.map, tile, Image.Resampling.BILINEAR).clip(0, 1)
-    coloured = (colormaps["jet"](heat)[..., :3] * 255.0).astype(np.float32)
-    panels = [(sample.id, image), ("map", (0.5 * image + 0.5 * coloured + 0.5).astype(np.uint8))]
+    heat = _fit(sample.map, tile, Image.Resampling.BILINEAR)
+    panels = [(sample.id, image), ("map", heat_overlay(image, heat))]
     full_truth = sample.mask.astype(bool)
     predictions = [(f"map>={threshold:g}", sample.map >= threshold)]
     if sample.crf is not None:
@@ -112,6 +111,38 @@ def overlay_panels(sample: Sample, threshold: float = 0.5, tile: int = 160) -> l
         panel[edge] = TRUTH_RGB
         out.append((caption, panel))
     return out
+
+
+BOX_RGB = (255, 215, 0)
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 blended with ``heat`` (H, W) in [0, 1] through the jet colour map.
+
+    ``(1 - weight) * image + weight * jet(heat)``, the picture of pytorch-grad-cam's
+    ``show_cam_on_image`` (there without the rescaling of the sum by its maximum).
+    """
+    coloured = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255.0
+    return np.clip((1 - weight) * image.astype(np.float32) + weight * coloured + 0.5, 0, 255).astype(np.uint8)
+
+
+def prediction_overlay(
+    image: np.ndarray, heat: np.ndarray, threshold: float, box: Sequence[int] | None, gap: int = 4
+) -> np.ndarray:
+    """One picture of a prediction, three panels at the image's own size side by side.
+
+    The image; the map over it (:func:`heat_overlay`); the pixels at or above
+    ``threshold`` tinted red with their ``box`` ``(x0, y0, x1, y1)`` (inclusive)
+    drawn in yellow. ``image`` (H, W, 3) uint8, ``heat`` (H, W) in [0, 1].
+    """
+    h, w = heat.shape
+    region = Image.fromarray(overlay(image, heat >= threshold, PREDICTION_RGB))
+    if box is not None:
+        ImageDraw.Draw(region).rectangle(list(box), outline=BOX_RGB, width=max(1, min(h, w) // 100))
+    canvas = np.full((h, 3 * w + 2 * gap, 3), 255, dtype=np.uint8)
+    for j, panel in enumerate((image, heat_overlay(image, heat), np.asarray(region))):
+        canvas[:, j * (w + gap): j * (w + gap) + w] = panel
+    return canvas
 
 
 def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float = 0.5, tile: int = 160) -> Path:
