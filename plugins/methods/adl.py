@@ -86,7 +86,7 @@ def auto_positions(backbone: nn.Module) -> list[str]:
             "method.positions = 'auto' needs a backbone made of stages of blocks (ResNets, EfficientNets, ...); "
             "name the modules after which the dropout layers go, e.g. --set 'method.positions=[\"layer4.0\"]'"
         )
-    (before, second), (last, final) = found[-2], found[-1]
+    (before, _), (last, final) = found[-2], found[-1]
     names = [f"{before}.0", f"{last}.0", f"{last}.{len(final) - 1}"]
     return list(dict.fromkeys(names))
 
