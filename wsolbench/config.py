@@ -73,6 +73,9 @@ class EvalConfig:
     pictures: int = 8  #: test images drawn in overlays.png, with pr_curve.png; 0: no pictures
     crf: bool = False  #: also score the maps after dense-CRF post-processing (the ``crf`` extra)
     crf_params: dict[str, Any] = field(default_factory=dict)  #: overrides of the dataset's CRF parameters
+    cam_curve_interval: float = 0.01  #: the box metrics' map thresholds: ``np.arange(0, 1, interval)``
+    map_class: str = "predicted"  #: whose class map every metric reads: "predicted" or "ground_truth"
+    protocol: str = "native"  #: "native" (each image's own size) or "wsoleval" (maps, masks, boxes at 224 x 224)
 
 
 @dataclass
@@ -399,6 +402,12 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("eval.bins must be >= 2")
     if cfg.label is not None and not isinstance(cfg.label, str):
         problems.append(f"label must be a string (quote it: --set 'label=\"{cfg.label}\"')")
+    if not 0 < cfg.eval.cam_curve_interval < 1:
+        problems.append("eval.cam_curve_interval must be in (0, 1)")
+    if cfg.eval.map_class not in ("predicted", "ground_truth"):
+        problems.append(f"eval.map_class must be predicted or ground_truth, not {cfg.eval.map_class!r}")
+    if cfg.eval.protocol not in ("native", "wsoleval"):
+        problems.append(f"eval.protocol must be native or wsoleval, not {cfg.eval.protocol!r}")
     if cfg.eval.pictures < 0:
         problems.append("eval.pictures must be >= 0")
     if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:

@@ -61,7 +61,7 @@ def results_record(
         **fields,
         **{k: _number(v) for k, v in metrics.items() if k != "loss"},
         **({} if classifies else {"cl_error": None}),
-        "protocol": protocol_record(cfg.eval.threshold, cfg.eval.bins),
+        "protocol": protocol_record(cfg.eval),
     }
 
 
