@@ -166,7 +166,8 @@ def eval_collate(items: list[dict[str, Any]], multiple: int = 32) -> dict[str, A
     """Whole images of any size: reflect-pad each to a common size that is a multiple of ``multiple``.
 
     ``sizes`` keeps each image's size before padding (maps are cropped back to
-    it) and ``masks`` stay a list at their own resolution.
+    it) and ``masks`` stay a list at their own resolution, as do the items'
+    true ``boxes`` and ``ignore`` regions (``None`` where an item has none).
     """
     hs = [it["image"].shape[-2] for it in items]
     ws = [it["image"].shape[-1] for it in items]
@@ -183,6 +184,8 @@ def eval_collate(items: list[dict[str, Any]], multiple: int = 32) -> dict[str, A
         "image": torch.stack(images),
         "sizes": list(zip(hs, ws)),
         "masks": [it["mask"] for it in items],
+        "boxes": [it.get("boxes") for it in items],
+        "ignore": [it.get("ignore") for it in items],
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }

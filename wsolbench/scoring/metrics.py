@@ -429,6 +429,11 @@ class BoxAccumulator:
                            self.thresholds, logits, labels, threshold_index)
 
 
+def maxboxacc_index(iou_largest: Tensor) -> int:
+    """The threshold index of MaxBoxAcc (the first of equal accuracies) from ``(N, T)`` IoUs."""
+    return int(np.argmax((iou_largest.numpy() >= 0.5).sum(0)))
+
+
 def box_metrics(
     iou_largest: Tensor,
     iou_any: Tensor,
@@ -450,7 +455,7 @@ def box_metrics(
 
     out: dict[str, float] = {}
     v1 = accuracy(largest, 50)
-    best = int(np.argmax(v1))
+    best = maxboxacc_index(iou_largest)
     out["maxboxacc"], out["box_threshold"] = float(v1[best]), float(thresholds[best])
     for iou in BOX_IOUS:
         acc = accuracy(anyone, iou)

@@ -33,8 +33,9 @@ from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import rundir
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import LocalizationAccumulator
+from wsolbench.scoring.metrics import WSOLEVAL_SIZE
 from wsolbench.scoring.outputs import Evaluation, results_record, write_outputs
+from wsolbench.scoring.scorer import Scorer, box_columns, split_metrics
 
 TOLERANCE = 1e-6
 
@@ -180,23 +181,28 @@ def evaluate_directory(
     if predictions is not None:
         preds, problems = read_predictions(predictions, ids, dataset.num_classes)
 
-    acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
+    scorer = Scorer(cfg.eval)
+    wsoleval = cfg.eval.protocol == "wsoleval"
     extras = TestExtras(cfg, dataset, split, ids)
     rows, wrong = [], 0
     for index, image_id in enumerate(ids):
         item = split[index]
         mask = item["mask"].reshape(item["mask"].shape[-2:])
-        shapes = [tuple(mask.shape), tuple(item["image"].shape[-2:])]
+        # wsolevaluation's maps are 224 x 224 whatever the image's size
+        shapes = [(WSOLEVAL_SIZE, WSOLEVAL_SIZE)] if wsoleval else [tuple(mask.shape), tuple(item["image"].shape[-2:])]
         array, problem = check_map(directory / f"{image_id}.npy", shapes)
         if problem is not None:
             problems.append(Problem(f"{image_id}.npy", problem))
         if problems:  # keep checking the other files, score nothing
             continue
-        prob = torch.from_numpy(array)
+        given = torch.from_numpy(array)
+        prob = given
         if tuple(prob.shape) != tuple(mask.shape):
             prob = F.interpolate(prob[None, None], size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
             prob = prob.clamp(0, 1)
-        pos, neg = acc.update(prob, mask)
+        scored = scorer.update((given if wsoleval else prob)[None], mask[None], [item.get("boxes")],
+                               [item.get("ignore")])
+        pos, neg = scored["f1_pos"][0], scored["f1_neg"][0]
         extras.update(index, prob, mask)
         row = {"id": image_id, "label": int(item["label"])}
         if preds:
@@ -209,7 +215,13 @@ def evaluate_directory(
     known = {f"{i}.npy" for i in ids}
     unmatched = sorted(str(p.relative_to(directory)) for p in directory.rglob("*.npy")
                        if str(p.relative_to(directory)) not in known)
-    metrics = acc.compute()
+    scores = scorer.per_image()
+    labels = torch.tensor([int(row["label"]) for row in rows], dtype=torch.long)
+    # predictions are class indices, no scores: top-1 localization only
+    logits = F.one_hot(torch.tensor([preds[i] for i in ids]), dataset.num_classes).float() if preds else None
+    metrics, acc = split_metrics(cfg.eval, scores, scorer.pixels.hist_fg, scorer.pixels.hist_bg, logits, labels)
+    metrics["top5_loc"] = float("nan")
+    rows = [{**row, **boxes} for row, boxes in zip(rows, box_columns(scores))]
     results = results_record(
         cfg, metrics, method="external", label=label or directory.resolve().name, split=split_name,
         scoremaps=str(directory.resolve()), cl_error=100.0 * wrong / len(ids) if preds and ids else None,
