@@ -323,29 +323,36 @@ def contour_boxes(image: np.ndarray, cuts: np.ndarray) -> tuple[list[np.ndarray]
     numbers, so the well-kept implementation is used. The speed comes from
     around it: a cut between two values the map does not take gives the same
     binary image as the value below it, so each distinct binary image is
-    traced once, and everything else is batched.
+    traced once; and each is traced within the rectangle of its foreground
+    (the raster order, hence the contours and their order, is that of the
+    whole image; the boxes are shifted back).
     """
     height, width = image.shape
-    values = np.unique(image)
+    values = np.flatnonzero(np.bincount(image.ravel(), minlength=256))  # the values the map takes, ascending
     # the binary image of cut c is that of the largest map value <= c (or of -1: every pixel set)
     below = np.searchsorted(values, cuts, side="right") - 1
     keys, position = np.unique(below, return_inverse=True)
+    row_top, column_top = image.max(1), image.max(0)
     found = []
     for key in keys:
         cut = -1 if key < 0 else int(values[key])
-        binary = (image > cut).astype(np.uint8)
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        if not contours:
+        rows, columns = np.flatnonzero(row_top > cut), np.flatnonzero(column_top > cut)
+        if len(rows) == 0:
             found.append(np.zeros((1, 4), dtype=np.int64))
             continue
+        y0, x0 = int(rows[0]), int(columns[0])
+        crop = np.ascontiguousarray(image[y0 : rows[-1] + 1, x0 : columns[-1] + 1])
+        binary = cv2.threshold(crop, cut, 1, cv2.THRESH_BINARY)[1] if cut >= 0 else np.ones_like(crop)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
         areas = [cv2.contourArea(c) for c in contours]
         largest = int(np.argmax(areas))  # the first of equal areas, as Python's max
         order = [largest, *(i for i in range(len(contours)) if i != largest)]
         rects = np.array([cv2.boundingRect(contours[i]) for i in order], dtype=np.int64)
         boxes = np.empty_like(rects)
-        boxes[:, :2] = rects[:, :2]
-        boxes[:, 2] = np.minimum(rects[:, 0] + rects[:, 2], width - 1)
-        boxes[:, 3] = np.minimum(rects[:, 1] + rects[:, 3], height - 1)
+        boxes[:, 0] = rects[:, 0] + x0
+        boxes[:, 1] = rects[:, 1] + y0
+        boxes[:, 2] = np.minimum(boxes[:, 0] + rects[:, 2], width - 1)
+        boxes[:, 3] = np.minimum(boxes[:, 1] + rects[:, 3], height - 1)
         found.append(boxes)
     return found, position.reshape(-1)
 
