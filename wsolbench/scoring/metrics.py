@@ -23,6 +23,27 @@ resolution; foreground is ``mask >= 0.5``.
     Dice and IoU of all pixels of the set pooled together, at the single
     threshold (of the same grid) that maximises pooled Dice. NOT comparable
     with the per-image F1 at 0.5.
+``maxboxacc`` / ``maxboxaccv2`` / ``boxacc_30|50|70`` / ``box_threshold*`` (Choe et al., CVPR 2020, wsolevaluation's ``BoxEvaluator``)
+    At every threshold ``t`` of ``np.arange(0, 1, eval.cam_curve_interval)``
+    the map, taken as 8-bit (``uint8(map * 255)``), is binarised where it is
+    greater than ``int(t * max)``; each contour of the binary image (OpenCV's
+    ``RETR_TREE``: components and their holes) gives the box
+    ``(x, y, x + w, y + h)`` of its bounding rectangle, ``x1, y1`` clipped to
+    the last column and row; no contour gives ``[0, 0, 0, 0]``. IoU is the
+    inclusive pixel IoU (``x1 - x0 + 1``), 0 for a degenerate union; an image
+    is correct at ``(t, delta)`` when a predicted box has IoU ``>= delta``
+    with a true box. ``maxboxacc`` keeps the contour of largest
+    ``cv2.contourArea`` and ``delta = 0.5``; ``boxacc_30|50|70`` keep every
+    contour, each at its own best ``t`` (``box_threshold_30|50|70``), and
+    ``maxboxaccv2`` is their mean. True boxes are the dataset's, or one per
+    8-connected component of the mask.
+``top1_loc`` / ``top5_loc`` / ``gt_known_loc``
+    The largest contour's box at the threshold of ``maxboxacc`` (chosen on the
+    scored split itself), IoU ``>= 0.5``; with the true class first among the
+    predictions (top-1), among the first five (top-5), or whatever the
+    prediction (GT-known). ``eval.map_class`` says whose class map is drawn
+    for every metric: ``ground_truth`` is the GT-known setting of
+    wsolevaluation.
 """
 
 from __future__ import annotations
@@ -33,7 +54,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -43,7 +63,7 @@ class Protocol:
 
     name: str  #: the key in ``results.json``'s ``protocol`` (when ``record`` is set)
     note: str  #: the report's sentence; ``{metrics}`` becomes the titles of the reported metrics, ``{pct}`` a percent sign
-    record: str = ""  #: ``results.json``'s text; ``{threshold}`` and ``{bins}`` are the run's settings
+    record: str = ""  #: ``results.json``'s text; ``{name}`` is the run's ``eval.name`` setting
 
 
 @dataclass(frozen=True)
