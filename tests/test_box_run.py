@@ -15,9 +15,12 @@ BOX_METRICS = [name for name, m in METRICS.items() if m.protocol in ("box", "box
 
 def test_a_synthetic_run_reports_every_box_metric_and_the_report_shows_them(tmp_path):
     proc = run_cli("run", "--method", "cam-avg", "-q", "--output-dir", str(tmp_path), "--run-name", "boxes",
-                   "--set", "eval.map_class=ground_truth", "--set", "eval.cam_curve_interval=0.05", *TINY)
+                   "--set", "eval.map_class=ground_truth", "--set", "eval.cam_curve_interval=0.05",
+                   "--set", "eval.select=maxboxaccv2", *TINY)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "boxes" / "results.json").read_text())
+    epoch = json.loads((tmp_path / "boxes" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= epoch["valid_maxboxaccv2"] <= 100  # the model is selected on validation boxes
     assert len(BOX_METRICS) == 12
     for name in BOX_METRICS:
         value = results[name]
