@@ -109,10 +109,10 @@ def test_allones_scores_f1_neg_zero_and_f1_pos_of_an_all_foreground_mask(tmp_pat
     with out.capture() as captured:
         print_results(results, str(result.run_dir.path))
     lines = captured.get().splitlines()
-    header = next(line.split("┃") for line in lines if "Err." in line)
-    row = next(line.split("│") for line in lines if f"{results['f1_pos']:.2f}" in line)
-    column = [cell.strip() for cell in header].index("Err.")
-    assert row[column].strip() == "-"  # the classification error column
+    rows = {cells[1].strip(): cells[2].strip() for cells in (line.split("│") for line in lines) if len(cells) > 3}
+    assert rows["F1+"] == f"{results['f1_pos']:.2f}"
+    assert rows["Err."] == rows["Top-1 Loc"] == rows["Top-5 Loc"] == "-"  # no class prediction
+    assert results["top1_loc"] is None and results["gt_known_loc"] is not None
 
 
 # -- U-Net ----------------------------------------------------------------------

@@ -87,8 +87,8 @@ def test_run_with_crf_reports_both(tmp_path):
     for key in ("f1_pos", "f1_neg", "pxap", "dice_best"):
         assert 0 <= results["crf"][key] <= 100
     rows = (run / "per_image.csv").read_text().splitlines()
-    assert rows[0] == "id,label,pred,f1_pos,f1_neg,crf_f1_pos,crf_f1_neg"
-    crf_pos = [float(r.split(",")[5]) for r in rows[1:]]
+    assert rows[0] == "id,label,pred,f1_pos,f1_neg,box_iou,box_iou_any,crf_f1_pos,crf_f1_neg"
+    crf_pos = [float(r.split(",")[7]) for r in rows[1:]]
     assert np.mean(crf_pos) == pytest.approx(results["crf"]["f1_pos"], abs=1e-3)
     hist = np.load(run / "histograms_crf.npz")
     assert hist["fg"].sum() + hist["bg"].sum() == 8 * 32 * 32

@@ -20,7 +20,8 @@ from wsolbench.errors import UserError
 from wsolbench.training import distributed
 from wsolbench.training.distributed import Context, shard_batches
 
-METRICS = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best", "n_images")
+METRICS = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best", "n_images",
+           "maxboxacc", "maxboxaccv2", "boxacc_30", "boxacc_70", "box_threshold_70", "top1_loc", "top5_loc")
 
 
 @pytest.mark.parametrize(("size", "batch", "world"), [(8, 3, 2), (10, 4, 3), (2, 5, 4), (7, 1, 2)])

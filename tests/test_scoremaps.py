@@ -120,3 +120,71 @@ def test_evaluate_command_exits_2_on_bad_maps_and_writes_a_reportable_run(tmp_pa
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"{ids[2]}.npy" in err and "outside [0, 1]" in err and "Traceback" not in err
+
+
+def test_wsolevaluation_naming_scores_the_same(tmp_path, split):
+    ids, masks, _ = split
+    hand_made_maps(tmp_path / "ours", ids, masks)
+    theirs = tmp_path / "theirs"
+    for image_id in ids:  # wsolevaluation: the image id, extension and split folder included, then .npy
+        target = theirs / "test" / f"{image_id}.jpg.npy"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((tmp_path / "ours" / f"{image_id}.npy").read_bytes())
+    (theirs / "test" / "stray.npy").write_bytes(b"")
+    cfg = config.resolve(None, "synthetic", sets=SETS)
+    ours = scoremaps.evaluate_directory(tmp_path / "ours", cfg, "test").finish()
+    scored = scoremaps.evaluate_directory(theirs, cfg, "test")
+    keys = ("f1_pos", "pxap", "maxboxacc", "maxboxaccv2", "n_images")
+    assert {k: scored.finish()[k] for k in keys} == {k: ours[k] for k in keys}
+    assert scored.unmatched == ["test/stray.npy"]
+
+
+def test_map_names_are_matched_without_extension_and_split_folder():
+    assert scoremaps.map_key("test/001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg.npy") == \
+        "001.Black_footed_Albatross/Black_Footed_Albatross_0046_18"
+    assert scoremaps.map_key("val/ILSVRC2012_val_00000001.JPEG.npy") == "ILSVRC2012_val_00000001"
+    assert scoremaps.map_key("001.Black_footed_Albatross/x") == "001.Black_footed_Albatross/x"
+
+
+def test_two_files_for_one_image_are_a_problem(tmp_path, split):
+    ids, masks, _ = split
+    hand_made_maps(tmp_path / "maps", ids, masks)
+    (tmp_path / "maps" / f"{ids[0]}.npy").rename(tmp_path / "maps" / f"{ids[0]}.png.npy")
+    (tmp_path / "maps" / "test").mkdir()
+    (tmp_path / "maps" / "test" / f"{ids[0]}.jpg.npy").write_bytes((tmp_path / "maps" / f"{ids[1]}.npy").read_bytes())
+    cfg = config.resolve(None, "synthetic", sets=SETS)
+    with pytest.raises(scoremaps.ScoreMapError) as caught:
+        scoremaps.evaluate_directory(tmp_path / "maps", cfg, "test")
+    assert [p.file for p in caught.value.problems] == [f"{ids[0]}.npy"]
+    assert "2 files match" in caught.value.problems[0].problem
+
+
+def test_wsoleval_protocol_takes_maps_of_224(tmp_path, split):
+    ids, masks, _ = split
+    hand_made_maps(tmp_path / "small", ids, masks)
+    cfg = config.resolve(None, "synthetic", sets=[*SETS, "eval.protocol=wsoleval"])
+    with pytest.raises(scoremaps.ScoreMapError) as caught:
+        scoremaps.evaluate_directory(tmp_path / "small", cfg, "test")
+    assert all("expected (224, 224)" in p.problem for p in caught.value.problems)
+    big = tmp_path / "big"
+    big.mkdir()
+    for image_id, mask in zip(ids, masks):  # the mask itself, at 224 x 224: every true box is found
+        up = np.kron(mask.astype(np.float32), np.ones((224 // mask.shape[0] + 1,) * 2, np.float32))[:224, :224]
+        np.save(big / f"{image_id}.npy", np.ascontiguousarray(up))
+    results = scoremaps.evaluate_directory(big, cfg, "test").finish()
+    assert results["n_images"] == len(ids) and "wsoleval" in results["protocol"]["box"]
+    assert 0 <= results["maxboxacc"] <= 100 and results["pxap"] is not None
+
+
+def test_evaluate_scores_the_whole_split_by_default(tmp_path):
+    dataset = registry("dataset").create("synthetic", seed=0, image_size=24)  # the paper profile: n_test = 100
+    test = dataset.split("test", train=False)
+    masks = [test[i]["mask"][0].numpy() >= 0.5 for i in range(len(test))]
+    hand_made_maps(tmp_path / "maps", test.ids, masks)
+    try:
+        main(["evaluate", "--scoremaps", str(tmp_path / "maps"), "-d", "synthetic", "--set", "dataset.image_size=24",
+              "-o", str(tmp_path / "runs"), "--run-name", "all"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    results = json.loads((tmp_path / "runs" / "all" / "results.json").read_text())
+    assert results["n_images"] == len(test) == 100 and results["profile"] == "paper"

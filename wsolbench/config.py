@@ -73,6 +73,14 @@ class EvalConfig:
     pictures: int = 8  #: test images drawn in overlays.png, with pr_curve.png; 0: no pictures
     crf: bool = False  #: also score the maps after dense-CRF post-processing (the ``crf`` extra)
     crf_params: dict[str, Any] = field(default_factory=dict)  #: overrides of the dataset's CRF parameters
+    cam_curve_interval: float = 0.01  #: the box metrics' map thresholds: ``np.arange(0, 1, interval)``
+    map_class: str = "predicted"  #: whose class map every metric reads: "predicted" or "ground_truth"
+    protocol: str = "native"  #: "native" (each image's own size) or "wsoleval" (maps, masks, boxes at 224 x 224)
+    select: str = "cl_error"  #: the validation metric that keeps the best epoch (:data:`SELECT_METRICS`)
+
+
+#: ``eval.select``'s choices: classification error and loss, or a localization metric of the validation maps
+SELECT_METRICS = ("cl_error", "loss", "maxboxaccv2", "pxap", "f1_neg")
 
 
 @dataclass
@@ -405,6 +413,14 @@ def _check_values(cfg: RunConfig) -> None:
     else:
         for name in cfg.loggers:
             registry("logger").get(name)  # an unknown name: UnknownNameError with a suggestion
+    if not 0 < cfg.eval.cam_curve_interval < 1:
+        problems.append("eval.cam_curve_interval must be in (0, 1)")
+    if cfg.eval.map_class not in ("predicted", "ground_truth"):
+        problems.append(f"eval.map_class must be predicted or ground_truth, not {cfg.eval.map_class!r}")
+    if cfg.eval.select not in SELECT_METRICS:
+        problems.append(f"eval.select must be one of {', '.join(SELECT_METRICS)}, not {cfg.eval.select!r}")
+    if cfg.eval.protocol not in ("native", "wsoleval"):
+        problems.append(f"eval.protocol must be native or wsoleval, not {cfg.eval.protocol!r}")
     if cfg.eval.pictures < 0:
         problems.append("eval.pictures must be >= 0")
     if cfg.eval.crf and importlib.util.find_spec("pydensecrf") is None:

@@ -631,7 +631,7 @@ def metrics() -> str:
     rows = [(f"`{m.name}`", f"`{m.title}`", m.better, m.protocol, "yes" if m.default else "", m.description)
             for m in METRICS.values()]
     defaults = EvalConfig()
-    recorded = protocol_record(defaults.threshold, defaults.bins)
+    recorded = protocol_record(defaults)
     protocol_rows = []
     for p in PROTOCOLS.values():
         members = [m for m in METRICS.values() if m.protocol == p.name]

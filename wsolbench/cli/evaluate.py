@@ -15,12 +15,12 @@ from wsolbench.cli.run import print_results
 
 @click.command("evaluate")
 @click.option("--scoremaps", "scoremaps_dir", required=True, type=click.Path(),
-              help="Folder of <image id>.npy maps, float in [0, 1].")
+              help="Folder of <image id>.npy maps (or wsolevaluation's <image file>.npy), float in [0, 1].")
 @click.option("--dataset", "-d", required=True, help="Dataset name (see `wsolbench list datasets`).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset.")
 @click.option("--split", default="test", show_default=True, help="The split the maps are for.")
-@click.option("--profile", type=click.Choice(["quick", "paper"]), default=None,
-              help="The profile whose dataset settings the maps were made with (default quick).")
+@click.option("--profile", type=click.Choice(["quick", "paper"]), default="paper", show_default=True,
+              help="The profile whose dataset settings the maps were made with (paper: the whole official split).")
 @click.option("--seed", type=int, default=None, help="The dataset's seed (splits, synthetic images); default 0.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A dataset.* or eval.* setting.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None,
@@ -37,7 +37,10 @@ def evaluate(scoremaps_dir, dataset, data_root, split, profile, seed, sets, pred
     Every file is checked first (missing, unreadable, wrong shape, not float,
     NaN or infinite values, values outside [0, 1]); the problems are listed
     per file and the command exits with status 2 without scoring. Maps may be
-    at the mask's size or at the evaluation image's size.
+    at the mask's size or at the evaluation image's size; under
+    `--set eval.protocol=wsoleval` they are 224 x 224, as wsolevaluation's.
+    The whole split is scored (the paper profile's dataset settings) unless
+    --profile quick says the maps are of the quick profile's subset.
     """
     from wsolbench.scoring import scoremaps  # torch: see wsolbench.cli
 

@@ -214,32 +214,39 @@ def progress_display(quiet: bool) -> Iterator[ProgressDisplay | None]:
         yield display
 
 
-#: the metrics of the result tables printed by ``run``, ``evaluate`` and ``evaluate-run``
-SHOWN = ("cl_error", "f1_pos", "f1_neg", "pxap", "dice_best", "iou_best", "threshold_best")
+def shown_metrics(results: dict) -> list[str]:
+    """The metrics of the result tables printed by ``run``, ``evaluate`` and ``evaluate-run``: every entry of
+    the metric table that ``results`` holds, in its order."""
+    from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
+
+    return [name for name in METRICS if name in results]
 
 
 def results_table(results: dict, title: str) -> Table:
-    """The metrics of ``results`` in one row, with a second row after dense-CRF when present."""
+    """The metrics of ``results``, one per row, with a column after dense-CRF when present."""
     from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
 
-    table = Table(title=title)
-    table.add_column("maps")
-    for name in SHOWN:
-        table.add_column(METRICS[name].title, justify="right")
-    table.add_column("images", justify="right")
-    table.add_row("as given", *(METRICS[k].format(results.get(k)) for k in SHOWN), str(results["n_images"]))
     crf = results.get("crf")
-    if isinstance(crf, dict):  # the CRF changes the maps, not the classes
-        table.add_row("dense CRF", *(METRICS[k].format({**crf, "cl_error": results.get("cl_error")}.get(k))
-                                     for k in SHOWN), str(results["n_images"]))
+    crf = {**crf, "cl_error": results.get("cl_error")} if isinstance(crf, dict) else None  # the CRF keeps the classes
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("as given", justify="right")
+    if crf is not None:
+        table.add_column("dense CRF", justify="right")
+    for name in shown_metrics(results):
+        cells = [METRICS[name].format(results.get(name))]
+        if crf is not None:
+            cells.append(METRICS[name].format(crf.get(name)))
+        table.add_row(METRICS[name].title, *cells)
+    table.add_row("images", str(results["n_images"]), *([str(results["n_images"])] if crf is not None else []))
     return table
 
 
-def metric_notes() -> str:
+def metric_notes(results: dict) -> str:
     """What each shown metric is."""
     from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
 
-    return "\n".join(f"{METRICS[k].title}: {METRICS[k].description}" for k in SHOWN)
+    return "\n".join(f"{METRICS[k].title}: {METRICS[k].description}" for k in shown_metrics(results))
 
 
 def print_results(results: dict, run_dir: str | None = None) -> None:
@@ -248,6 +255,6 @@ def print_results(results: dict, run_dir: str | None = None) -> None:
     seed = f", seed {results['seed']}" if results.get("method") != "external" else ""
     title = f"{escape(str(results['method_label']))} on {escape(str(results['dataset']))} ({split}{seed})"
     out.print(results_table(results, title))
-    out.print(metric_notes())
+    out.print(metric_notes(results))
     if run_dir is not None:
         out.print(f"run directory: [bold]{run_dir}[/bold]")

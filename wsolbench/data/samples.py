@@ -173,13 +173,16 @@ def eval_collate(items: list[dict[str, Any]], multiple: int = 32) -> dict[str, A
     """Whole images of any size: reflect-pad each to a common size that is a multiple of ``multiple``.
 
     ``sizes`` keeps each image's size before padding (maps are cropped back to
-    it) and ``masks`` stay a list at their own resolution.
+    it) and ``masks`` stay a list at their own resolution, as do the items'
+    true ``boxes`` and ``ignore`` regions (``None`` where an item has none).
     """
     images, sizes = pad_batch([it["image"] for it in items], multiple)
     return {
         "image": images,
         "sizes": sizes,
         "masks": [it["mask"] for it in items],
+        "boxes": [it.get("boxes") for it in items],
+        "ignore": [it.get("ignore") for it in items],
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }

@@ -23,12 +23,36 @@ resolution; foreground is ``mask >= 0.5``.
     Dice and IoU of all pixels of the set pooled together, at the single
     threshold (of the same grid) that maximises pooled Dice. NOT comparable
     with the per-image F1 at 0.5.
+``maxboxacc`` / ``maxboxaccv2`` / ``boxacc_30|50|70`` / ``box_threshold*`` (Choe et al., CVPR 2020, wsolevaluation's ``BoxEvaluator``)
+    At every threshold ``t`` of ``np.arange(0, 1, eval.cam_curve_interval)``
+    the map, taken as 8-bit (``uint8(map * 255)``), is binarised where it is
+    greater than ``int(t * max)``; each contour of the binary image (OpenCV's
+    ``RETR_TREE``: components and their holes) gives the box
+    ``(x, y, x + w, y + h)`` of its bounding rectangle, ``x1, y1`` clipped to
+    the last column and row; no contour gives ``[0, 0, 0, 0]``. IoU is the
+    inclusive pixel IoU (``x1 - x0 + 1``), 0 for a degenerate union; an image
+    is correct at ``(t, delta)`` when a predicted box has IoU ``>= delta``
+    with a true box. ``maxboxacc`` keeps the contour of largest
+    ``cv2.contourArea`` and ``delta = 0.5``; ``boxacc_30|50|70`` keep every
+    contour, each at its own best ``t`` (``box_threshold_30|50|70``), and
+    ``maxboxaccv2`` is their mean. True boxes are the dataset's, or one per
+    8-connected component of the mask.
+``top1_loc`` / ``top5_loc`` / ``gt_known_loc``
+    The largest contour's box at the threshold of ``maxboxacc`` (chosen on the
+    scored split itself), IoU ``>= 0.5``; with the true class first among the
+    predictions (top-1), among the first five (top-5), or whatever the
+    prediction (GT-known). ``eval.map_class`` says whose class map is drawn
+    for every metric: ``ground_truth`` is the GT-known setting of
+    wsolevaluation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,7 +63,7 @@ class Protocol:
 
     name: str  #: the key in ``results.json``'s ``protocol`` (when ``record`` is set)
     note: str  #: the report's sentence; ``{metrics}`` becomes the titles of the reported metrics, ``{pct}`` a percent sign
-    record: str = ""  #: ``results.json``'s text; ``{threshold}`` and ``{bins}`` are the run's settings
+    record: str = ""  #: ``results.json``'s text; ``{name}`` is the run's ``eval.name`` setting
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,20 @@ PROTOCOLS: dict[str, Protocol] = {
             "pixel AP over the set, {bins} histogram bins",
         ),
         Protocol(
+            "box",
+            "{metrics}: boxes from the maps' contours at every threshold of the grid, the share of images "
+            "with a box of IoU >= 0.5 (MaxBoxAcc, largest contour) or >= 0.3/0.5/0.7 (MaxBoxAccV2, every "
+            "contour, mean of the three) at the best threshold ({pct}; Choe et al., CVPR 2020).",
+            "wsolevaluation's boxes: thresholds np.arange(0, 1, {cam_curve_interval}) on the 8-bit map, "
+            "contour boxes, inclusive IoU; maps of the {map_class} class; geometry {protocol}",
+        ),
+        Protocol(
+            "box_localization",
+            "{metrics}: the largest contour's box at the threshold of MaxBoxAcc, IoU >= 0.5, and the true "
+            "class among the top-1 / top-5 predictions (GT-known: the box alone) ({pct}).",
+            "IoU >= 0.5 at the threshold of maxboxacc; maps of the {map_class} class",
+        ),
+        Protocol(
             "best_threshold",
             "{metrics}: all test pixels pooled, at the threshold that maximises Dice: "
             "a different protocol, not comparable with F1 at 0.5.",
@@ -96,6 +134,25 @@ METRICS: dict[str, Metric] = {
                "per-image Dice of the background at threshold 0.5, mean over images (x100)", default=True),
         Metric("pxap", "PxAP", "PxAP", "higher", "pxap",
                "pixel average precision over the set, fixed-bin histograms (x100)", default=True),
+        Metric("maxboxacc", "MaxBoxAcc", "MaxBoxAcc", "higher", "box",
+               "share of images whose largest contour's box has IoU >= 0.5 with a true box, at the best "
+               "threshold (%; CVPR 2020 v1)"),
+        Metric("maxboxaccv2", "MaxBoxAccV2", "MaxBoxAccV2", "higher", "box",
+               "mean over IoU 0.3/0.5/0.7 of the best-threshold share of images with any contour's box "
+               "matching a true box (%)"),
+        *(Metric(f"boxacc_{iou}", f"BoxAcc@{iou}", f"BoxAcc@{iou}", "higher", "box",
+                 f"best-threshold share of images with any contour's box of IoU >= 0.{iou // 10} "
+                 f"(%; a term of MaxBoxAccV2)") for iou in (30, 50, 70)),
+        Metric("box_threshold", "Thr.box", "$\\tau_{box}$", "none", "box",
+               "the map threshold of maxboxacc", decimals=3),
+        *(Metric(f"box_threshold_{iou}", f"Thr.box@{iou}", f"$\\tau_{{{iou}}}$", "none", "box",
+                 f"the map threshold of boxacc_{iou}", decimals=3) for iou in (30, 50, 70)),
+        Metric("top1_loc", "Top-1 Loc", "Top-1 Loc", "higher", "box_localization",
+               "true class predicted first and box IoU >= 0.5 (%)"),
+        Metric("top5_loc", "Top-5 Loc", "Top-5 Loc", "higher", "box_localization",
+               "true class among the top 5 predictions and box IoU >= 0.5 (%)"),
+        Metric("gt_known_loc", "GT-known Loc", "GT-known Loc", "higher", "box_localization",
+               "box IoU >= 0.5 whatever the prediction (%)"),
         Metric("dice_best", "Dice*", "Dice$^*$", "higher", "best_threshold",
                "pooled Dice at the best threshold (x100), a different protocol from F1 at 0.5"),
         Metric("iou_best", "IoU*", "IoU$^*$", "higher", "best_threshold",
@@ -106,9 +163,9 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def protocol_record(threshold: float, bins: int) -> dict[str, str]:
-    """``results.json``'s ``protocol``: how the recorded metrics were computed with these settings."""
-    return {p.name: p.record.format(threshold=threshold, bins=bins) for p in PROTOCOLS.values() if p.record}
+def protocol_record(settings: object) -> dict[str, str]:
+    """``results.json``'s ``protocol``: how the recorded metrics were computed with these ``eval`` settings."""
+    return {p.name: p.record.format(**vars(settings)) for p in PROTOCOLS.values() if p.record}
 
 
 
@@ -152,10 +209,16 @@ class LocalizationAccumulator:
     hist_fg: Tensor | None = None
     hist_bg: Tensor | None = None
 
-    def update(self, maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-        """Add images; returns their per-image ``(f1_pos, f1_neg)`` in percent."""
+    def update(self, maps: Tensor, masks: Tensor, ignore: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Add images; returns their per-image ``(f1_pos, f1_neg)`` in percent.
+
+        ``ignore`` (boolean, the masks' shape) marks pixels left out of both
+        histograms (OpenImages' ignore regions, as wsolevaluation's ``get_mask``);
+        the per-image F1 scores still count every pixel.
+        """
         if maps.dim() == 2:
             maps, masks = maps.unsqueeze(0), masks.unsqueeze(0)
+            ignore = None if ignore is None else ignore.unsqueeze(0)
         masks = masks.reshape(maps.shape)
         maps = maps.float().flatten(1)
         gt = masks.flatten(1) >= 0.5
@@ -171,6 +234,8 @@ class LocalizationAccumulator:
         index_type = torch.int16 if 2 * (self.bins + 1) <= torch.iinfo(torch.int16).max else torch.int64
         index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
         index.add_(gt, alpha=self.bins + 1)
+        if ignore is not None:
+            index = index[~ignore.reshape(index.shape).bool()]
         both = torch.bincount(index.flatten(), minlength=2 * (self.bins + 1))
         bg, fg = both[: self.bins + 1], both[self.bins + 1 :]
         self.hist_fg = fg if self.hist_fg is None else self.hist_fg + fg
@@ -245,3 +310,193 @@ def precision_recall_curve(hist_fg: Tensor, hist_bg: Tensor) -> tuple[Tensor, Te
     recall = tp / fg.sum().clamp_min(1)
     thresholds = torch.arange(bins, -1, -1, dtype=torch.float64) / bins
     return thresholds, precision, recall
+
+
+# -- boxes ------------------------------------------------------------------------
+#: the IoU thresholds of MaxBoxAccV2, in percent (wsolevaluation compares with ``iou / 100``)
+BOX_IOUS = (30, 50, 70)
+#: the side of wsolevaluation's geometry (``eval.protocol = "wsoleval"``)
+WSOLEVAL_SIZE = 224
+
+
+def cam_thresholds(interval: float) -> np.ndarray:
+    """The map thresholds of the box metrics: ``np.arange(0, 1, interval)``, as wsolevaluation's grid."""
+    return np.arange(0, 1, interval)
+
+
+def to_uint8(maps: Tensor) -> Tensor:
+    """Maps in [0, 1] as 8-bit images: ``uint8(float32(map) * 255)``, truncated as NumPy's ``astype``."""
+    return (maps.float() * 255).to(torch.uint8)
+
+
+def contour_boxes(image: np.ndarray, cuts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Boxes of a ``uint8`` map binarised at each integer cut (pixels ``> cut``).
+
+    Returns, per distinct binary image, the boxes ``(n, 4)`` of every contour
+    (``[[0, 0, 0, 0]]`` when there is none) with the row of the largest one
+    first, and for each cut the position of its binary image in that list.
+
+    OpenCV traces the contours: MaxBoxAcc keeps the contour of largest
+    ``cv2.contourArea`` (the polygon through the traced pixel centres, first
+    contour on ties), which depends on OpenCV's tracing and contour order; a
+    hand-written tracer would have to reproduce both to give the reference's
+    numbers, so the well-kept implementation is used. The speed comes from
+    around it: a cut between two values the map does not take gives the same
+    binary image as the value below it, so each distinct binary image is
+    traced once; and each is traced within the rectangle of its foreground
+    (the raster order, hence the contours and their order, is that of the
+    whole image; the boxes are shifted back).
+    """
+    height, width = image.shape
+    values = np.flatnonzero(np.bincount(image.ravel(), minlength=256))  # the values the map takes, ascending
+    # the binary image of cut c is that of the largest map value <= c (or of -1: every pixel set)
+    below = np.searchsorted(values, cuts, side="right") - 1
+    keys, position = np.unique(below, return_inverse=True)
+    row_top, column_top = image.max(1), image.max(0)
+    found = []
+    for key in keys:
+        cut = -1 if key < 0 else int(values[key])
+        rows, columns = np.flatnonzero(row_top > cut), np.flatnonzero(column_top > cut)
+        if len(rows) == 0:
+            found.append(np.zeros((1, 4), dtype=np.int64))
+            continue
+        y0, x0 = int(rows[0]), int(columns[0])
+        crop = np.ascontiguousarray(image[y0 : rows[-1] + 1, x0 : columns[-1] + 1])
+        binary = cv2.threshold(crop, cut, 1, cv2.THRESH_BINARY)[1] if cut >= 0 else np.ones_like(crop)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        areas = [cv2.contourArea(c) for c in contours]
+        largest = int(np.argmax(areas))  # the first of equal areas, as Python's max
+        order = [largest, *(i for i in range(len(contours)) if i != largest)]
+        rects = np.array([cv2.boundingRect(contours[i]) for i in order], dtype=np.int64)
+        boxes = np.empty_like(rects)
+        boxes[:, 0] = rects[:, 0] + x0
+        boxes[:, 1] = rects[:, 1] + y0
+        boxes[:, 2] = np.minimum(boxes[:, 0] + rects[:, 2], width - 1)
+        boxes[:, 3] = np.minimum(boxes[:, 1] + rects[:, 3], height - 1)
+        found.append(boxes)
+    return found, position.reshape(-1)
+
+
+def box_iou(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Inclusive pixel IoU of boxes ``(a, 4)`` and ``(b, 4)`` -> ``(a, b)``; a degenerate union gives 0."""
+    p, t = pred[:, None, :], true[None, :, :]
+    inter_w = np.maximum(0, np.minimum(p[..., 2], t[..., 2]) - np.maximum(p[..., 0], t[..., 0]) + 1)
+    inter_h = np.maximum(0, np.minimum(p[..., 3], t[..., 3]) - np.maximum(p[..., 1], t[..., 1]) + 1)
+    inter = inter_w * inter_h
+    area_p = (p[..., 2] - p[..., 0] + 1) * (p[..., 3] - p[..., 1] + 1)
+    area_t = (t[..., 2] - t[..., 0] + 1) * (t[..., 3] - t[..., 1] + 1)
+    union = area_p + area_t - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def threshold_ious(image: np.ndarray, cuts: np.ndarray, true_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cut, the best IoU with a true box of the largest contour's box and of any contour's box."""
+    found, position = contour_boxes(image, cuts)
+    if len(true_boxes) == 0:  # nothing to find: no box is correct
+        zeros = np.zeros(len(cuts))
+        return zeros, zeros.copy()
+    sizes = [len(b) for b in found]
+    best = box_iou(np.concatenate(found), true_boxes).max(1)
+    starts = np.cumsum([0, *sizes[:-1]])
+    largest = best[starts]
+    anyone = np.maximum.reduceat(best, starts)
+    return largest[position], anyone[position]
+
+
+def scale_boxes(boxes: Tensor, size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
+    """Boxes of an image of ``size`` ``(h, w)`` in an image of ``new_size``: ``int(x * new_w / w)`` per coordinate."""
+    (h, w), (nh, nw) = size, new_size
+    new = torch.tensor([nw, nh, nw, nh], dtype=torch.float64)
+    old = torch.tensor([w, h, w, h], dtype=torch.float64)
+    return (boxes.double().cpu() * new / old).to(torch.int64)  # x * new / old, truncated: wsolevaluation's order
+
+
+@dataclass
+class BoxAccumulator:
+    """Per image and threshold, the best IoU of the predicted boxes; ``compute()`` gives the box metrics.
+
+    ``update`` takes maps ``(N, H, W)`` in [0, 1] and each image's true boxes
+    (inclusive pixel coordinates in the maps' frame); the 8-bit maps and their
+    cuts are made on the maps' device in one pass, the contours per image.
+    """
+
+    interval: float = 0.01
+    iou_largest: list[Tensor] = field(default_factory=list)  #: ``(n, T)`` per update: MaxBoxAcc's box
+    iou_any: list[Tensor] = field(default_factory=list)  #: ``(n, T)`` per update: every contour's boxes
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return cam_thresholds(self.interval)
+
+    def update(self, maps: Tensor, boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Add images; returns their ``(n, T)`` IoUs of the largest contour's box and of any box.
+
+        One map ``(H, W)`` takes its boxes ``(K, 4)`` alone.
+        """
+        if maps.dim() == 2:
+            maps, boxes = maps.unsqueeze(0), [boxes]
+        images = to_uint8(maps)
+        tops = images.flatten(1).amax(1).cpu().numpy().astype(np.float64)
+        cuts = (self.thresholds[None, :] * tops[:, None]).astype(np.int64)  # int(t * max) per image
+        images = images.cpu().numpy()
+        largest, anyone = zip(*(threshold_ious(image, c, b.reshape(-1, 4).cpu().numpy().astype(np.int64))
+                                for image, c, b in zip(images, cuts, boxes)))
+        out = torch.from_numpy(np.stack(largest)), torch.from_numpy(np.stack(anyone))
+        self.iou_largest.append(out[0])
+        self.iou_any.append(out[1])
+        return out
+
+    def compute(
+        self, logits: Tensor | None = None, labels: Tensor | None = None, threshold_index: int | None = None
+    ) -> dict[str, float]:
+        """The box metrics; ``top*_loc`` with ``logits`` and ``labels``, at ``threshold_index`` if given
+        (a threshold chosen elsewhere, e.g. on validation), else at the threshold of ``maxboxacc``."""
+        return box_metrics(torch.cat(self.iou_largest) if self.iou_largest else torch.empty(0, len(self.thresholds)),
+                           torch.cat(self.iou_any) if self.iou_any else torch.empty(0, len(self.thresholds)),
+                           self.thresholds, logits, labels, threshold_index)
+
+
+def maxboxacc_index(iou_largest: Tensor) -> int:
+    """The threshold index of MaxBoxAcc (the first of equal accuracies) from ``(N, T)`` IoUs."""
+    return int(np.argmax((iou_largest.numpy() >= 0.5).sum(0)))
+
+
+def box_metrics(
+    iou_largest: Tensor,
+    iou_any: Tensor,
+    thresholds: np.ndarray,
+    logits: Tensor | None = None,
+    labels: Tensor | None = None,
+    threshold_index: int | None = None,
+) -> dict[str, float]:
+    """The box metrics from per-image, per-threshold best IoUs ``(N, T)`` (see :class:`BoxAccumulator`)."""
+    n = iou_largest.shape[0]
+    names = ["maxboxacc", "maxboxaccv2", *(f"boxacc_{i}" for i in BOX_IOUS), "box_threshold",
+             *(f"box_threshold_{i}" for i in BOX_IOUS), "top1_loc", "top5_loc", "gt_known_loc"]
+    if n == 0:
+        return dict.fromkeys(names, float("nan"))
+    largest, anyone = iou_largest.numpy(), iou_any.numpy()
+
+    def accuracy(ious: np.ndarray, iou: int) -> np.ndarray:
+        return (ious >= iou / 100).sum(0) * 100.0 / float(n)  # wsolevaluation's arithmetic
+
+    out: dict[str, float] = {}
+    v1 = accuracy(largest, 50)
+    best = maxboxacc_index(iou_largest)
+    out["maxboxacc"], out["box_threshold"] = float(v1[best]), float(thresholds[best])
+    for iou in BOX_IOUS:
+        acc = accuracy(anyone, iou)
+        at = int(np.argmax(acc))
+        out[f"boxacc_{iou}"], out[f"box_threshold_{iou}"] = float(acc[at]), float(thresholds[at])
+    out["maxboxaccv2"] = float(np.average([out[f"boxacc_{i}"] for i in BOX_IOUS]))
+    chosen = best if threshold_index is None else threshold_index
+    hit = largest[:, chosen] >= 0.5
+    out["gt_known_loc"] = float(hit.mean() * 100.0)
+    if logits is not None and labels is not None and logits.dim() == 2 and logits.shape[0] == n:
+        ranked = logits.float().cpu().topk(min(5, logits.shape[1]), dim=1).indices.numpy()
+        true = labels.cpu().numpy()[:, None]
+        out["top1_loc"] = float((hit & (ranked[:, 0] == true[:, 0])).mean() * 100.0)
+        out["top5_loc"] = float((hit & (ranked == true).any(1)).mean() * 100.0)
+    else:
+        out["top1_loc"] = out["top5_loc"] = float("nan")
+    return {k: out[k] for k in names}

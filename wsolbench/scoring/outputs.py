@@ -48,7 +48,8 @@ def results_record(
     """``results.json``: the identity of what was scored, ``fields``, the metrics and how they were computed.
 
     ``method`` and ``label`` default to ``cfg``'s method and its report label;
-    ``cl_error`` is null for methods that make no class prediction (``classifies = False``).
+    ``cl_error``, ``top1_loc`` and ``top5_loc`` are null for methods that make no class prediction
+    (``classifies = False``).
     """
     return {
         "schema_version": RUN_SCHEMA_VERSION,
@@ -60,8 +61,8 @@ def results_record(
         **({"provided_by": provided_by} if provided_by is not None else {}),
         **fields,
         **{k: _number(v) for k, v in metrics.items() if k != "loss"},
-        **({} if classifies else {"cl_error": None}),
-        "protocol": protocol_record(cfg.eval.threshold, cfg.eval.bins),
+        **({} if classifies else {"cl_error": None, "top1_loc": None, "top5_loc": None}),
+        "protocol": protocol_record(cfg.eval),
     }
 
 

@@ -2,7 +2,12 @@
 
 The contract (as in clovaai/wsolevaluation): a folder with one ``<id>.npy`` per
 image of the split, ``<id>`` being the split's image id (the ``id`` column of a
-run's ``per_image.csv``; an id with ``/`` is a sub-folder). Each file holds a
+run's ``per_image.csv``; an id with ``/`` is a sub-folder). wsolevaluation's
+own naming scores unchanged: it saves each map under its image id, file
+extension and split folder included (``test/001.Black_footed_Albatross/
+Black_Footed_Albatross_0046_18.jpg.npy``); a file matches an image when
+both names agree once ``.npy``, an image extension and a leading
+``train/``, ``val/`` or ``test/`` folder are set aside (see :func:`map_key`). Each file holds a
 2-D floating-point array (a leading axis of length 1 is accepted) with values
 in [0, 1] (1e-6 of rounding is tolerated and clipped), no NaN or infinity, at
 the size of the image's mask, or at the size of the image as the dataset's
@@ -33,10 +38,50 @@ from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import rundir
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import LocalizationAccumulator
+from wsolbench.scoring.metrics import WSOLEVAL_SIZE
 from wsolbench.scoring.outputs import Evaluation, results_record, write_outputs
+from wsolbench.scoring.scorer import Scorer, box_columns, split_metrics
 
 TOLERANCE = 1e-6
+#: extensions set aside when a map's file name is matched with an image id
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: leading folders set aside likewise (wsolevaluation's image ids start with their split)
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def map_key(name: str) -> str:
+    """The name a map file or an image id is matched by: without ``.npy``, an image extension, a split folder."""
+    key = name[: -len(".npy")] if name.endswith(".npy") else name
+    stem, dot, suffix = key.rpartition(".")
+    if dot and "/" not in suffix and f".{suffix.lower()}" in IMAGE_SUFFIXES:
+        key = stem
+    first, slash, rest = key.partition("/")
+    return rest if slash and first in SPLIT_FOLDERS else key
+
+
+def match_files(directory: Path, ids: Sequence[str]) -> tuple[dict[str, str], list[Problem], list[str]]:
+    """Each id's map file (relative to ``directory``): ``<id>.npy`` itself, else the one file of the same
+    :func:`map_key`. Returns the matches, the ids that several files claim, and the files no id claims."""
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.npy"))
+    exact = set(files)
+    by_key: dict[str, list[str]] = {}
+    for name in files:
+        by_key.setdefault(map_key(name), []).append(name)
+    matched: dict[str, str] = {}
+    problems = []
+    for image_id in ids:
+        if f"{image_id}.npy" in exact:
+            matched[image_id] = f"{image_id}.npy"
+            continue
+        claims = by_key.get(map_key(image_id), [])
+        if len(claims) == 1:
+            matched[image_id] = claims[0]
+        elif claims:
+            matched[image_id] = ""  # reported here, not also as missing
+            problems.append(Problem(f"{image_id}.npy", f"{len(claims)} files match this image: {', '.join(claims[:3])}"))
+    used = set(matched.values())
+    matched = {k: v for k, v in matched.items() if v}
+    return matched, problems, [name for name in files if name not in used]
 
 
 @dataclass
@@ -180,23 +225,34 @@ def evaluate_directory(
     if predictions is not None:
         preds, problems = read_predictions(predictions, ids, dataset.num_classes)
 
-    acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
+    matched, problems_of_names, unmatched = match_files(directory, ids)
+    problems += problems_of_names
+    ambiguous = {p.file[: -len(".npy")] for p in problems_of_names}
+    scorer = Scorer(cfg.eval)
+    wsoleval = cfg.eval.protocol == "wsoleval"
     extras = TestExtras(cfg, dataset, split, ids)
     rows, wrong = [], 0
     for index, image_id in enumerate(ids):
         item = split[index]
         mask = item["mask"].reshape(item["mask"].shape[-2:])
-        shapes = [tuple(mask.shape), tuple(item["image"].shape[-2:])]
-        array, problem = check_map(directory / f"{image_id}.npy", shapes)
+        # wsolevaluation's maps are 224 x 224 whatever the image's size
+        shapes = [(WSOLEVAL_SIZE, WSOLEVAL_SIZE)] if wsoleval else [tuple(mask.shape), tuple(item["image"].shape[-2:])]
+        if image_id in ambiguous:
+            continue
+        file = matched.get(image_id, f"{image_id}.npy")
+        array, problem = check_map(directory / file, shapes)
         if problem is not None:
-            problems.append(Problem(f"{image_id}.npy", problem))
+            problems.append(Problem(file, problem))
         if problems:  # keep checking the other files, score nothing
             continue
-        prob = torch.from_numpy(array)
+        given = torch.from_numpy(array)
+        prob = given
         if tuple(prob.shape) != tuple(mask.shape):
             prob = F.interpolate(prob[None, None], size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
             prob = prob.clamp(0, 1)
-        pos, neg = acc.update(prob, mask)
+        scored = scorer.update((given if wsoleval else prob)[None], mask[None], [item.get("boxes")],
+                               [item.get("ignore")])
+        pos, neg = scored["f1_pos"][0], scored["f1_neg"][0]
         extras.update(index, prob, mask)
         row = {"id": image_id, "label": int(item["label"])}
         if preds:
@@ -206,10 +262,13 @@ def evaluate_directory(
     if problems:
         raise ScoreMapError(problems, directory)
 
-    known = {f"{i}.npy" for i in ids}
-    unmatched = sorted(str(p.relative_to(directory)) for p in directory.rglob("*.npy")
-                       if str(p.relative_to(directory)) not in known)
-    metrics = acc.compute()
+    scores = scorer.per_image()
+    labels = torch.tensor([int(row["label"]) for row in rows], dtype=torch.long)
+    # predictions are class indices, no scores: top-1 localization only
+    logits = F.one_hot(torch.tensor([preds[i] for i in ids]), dataset.num_classes).float() if preds else None
+    metrics, acc = split_metrics(cfg.eval, scores, scorer.pixels.hist_fg, scorer.pixels.hist_bg, logits, labels)
+    metrics["top5_loc"] = float("nan")
+    rows = [{**row, **boxes} for row, boxes in zip(rows, box_columns(scores))]
     results = results_record(
         cfg, metrics, method="external", label=label or directory.resolve().name, split=split_name,
         scoremaps=str(directory.resolve()), cl_error=100.0 * wrong / len(ids) if preds and ids else None,

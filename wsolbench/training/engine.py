@@ -21,8 +21,9 @@ from wsolbench.config import RunConfig
 from wsolbench.data.samples import eval_collate, seed_worker, train_collate
 from wsolbench.errors import DataError, TrainingDivergedError, UserError
 from wsolbench.interfaces import Event, Method
-from wsolbench.scoring.metrics import LocalizationAccumulator, classification_error
+from wsolbench.scoring.metrics import classification_error
 from wsolbench.scoring.outputs import Evaluation
+from wsolbench.scoring.scorer import Scorer, box_columns, split_metrics
 from wsolbench.training.distributed import SINGLE, Context, TrainStep
 
 #: receives the events (``None`` where nobody listens)
@@ -235,7 +236,7 @@ def evaluate(
     dist: Context = SINGLE,
     phase: str = "test",
 ) -> Evaluation:
-    """Classification error and loss; with ``localization`` also F1+/F1-/PxAP and per-image rows.
+    """Classification error and loss; with ``localization`` also the pixel and box metrics and per-image rows.
 
     Scores stay on the device until the end; images of a batch that share a
     size are scored together. ``on_map(index, map, mask)`` sees each test
@@ -243,10 +244,12 @@ def evaluate(
     pictures use it. ``listener`` hears ``phase_started`` (``phase``) and a
     ``step`` per batch. With ``dist``, ``loader`` holds this process's share and the
     result covers every process's images, in order (see :mod:`wsolbench.training.distributed`).
+    With ``eval.map_class = "ground_truth"`` the maps are those of each image's
+    true class (the method localizes again the images it misclassifies).
     """
     device = precision.device
     method.eval()
-    acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
+    scorer = Scorer(cfg.eval)
     indices, all_logits, all_labels = [], [], []
     grad = localization and method.needs_grad_at_inference
     if listener is not None:
@@ -259,6 +262,8 @@ def evaluate(
         with torch.set_grad_enabled(grad), precision.autocast():
             if localization:
                 logits, maps = method.infer(images)
+                if cfg.eval.map_class == "ground_truth":
+                    maps = _true_class_maps(method, images, logits, labels, maps)
             else:
                 logits, maps = method.predict(images), None
         all_logits.append(logits.detach().float())
@@ -269,13 +274,13 @@ def evaluate(
             if not bool(torch.isfinite(maps).all()):
                 bad = [int(i) for i in batch["index"][~torch.isfinite(maps.cpu()).flatten(1).all(1)]]
                 raise UserError(f"method {cfg.method!r} produced NaN or infinite maps for test items {bad}")
-            score_batch(acc, maps, batch, device, on_map)
+            score_batch(scorer, maps, batch, device, on_map)
         _tell(listener, "step")
     per_image = {"logits": _cat(all_logits), "label": _cat(all_labels)}
     totals = {}
     if localization:
-        per_image.update(f1_pos=_cat(acc.f1_pos), f1_neg=_cat(acc.f1_neg))
-        totals = {"fg": acc.hist_fg, "bg": acc.hist_bg}
+        per_image.update(scorer.per_image())
+        totals = {"fg": scorer.pixels.hist_fg, "bg": scorer.pixels.hist_bg}
     index, scores, hist = dist.collect(_cat(indices), per_image, totals)
     logits, labels = scores["logits"], scores["label"]
     metrics = {
@@ -283,32 +288,45 @@ def evaluate(
         "loss": F.cross_entropy(logits, labels).item(),
     }
     rows: list[dict[str, Any]] = []
+    acc = None
     if localization:
-        acc = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold, f1_pos=[scores["f1_pos"]],
-                                      f1_neg=[scores["f1_neg"]], hist_fg=hist["fg"], hist_bg=hist["bg"])
-        metrics.update(acc.compute())
+        scored, acc = split_metrics(cfg.eval, scores, hist["fg"], hist["bg"], logits, labels)
+        metrics.update(scored)
         columns = zip(index.tolist(), labels.tolist(), logits.argmax(1).tolist(), scores["f1_pos"].tolist(),
-                      scores["f1_neg"].tolist())
+                      scores["f1_neg"].tolist(), box_columns(scores))
         rows = [
-            {"id": ids[i] if ids else str(i), "label": y, "pred": p, "f1_pos": round(pos, 4), "f1_neg": round(neg, 4)}
-            for i, y, p, pos, neg in columns
+            {"id": ids[i] if ids else str(i), "label": y, "pred": p, "f1_pos": round(pos, 4), "f1_neg": round(neg, 4),
+             **boxes}
+            for i, y, p, pos, neg, boxes in columns
         ]
     metrics["n_images"] = int(labels.numel())
-    return Evaluation(metrics, rows, acc if localization else None)
+    return Evaluation(metrics, rows, acc)
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:
     return torch.cat(tensors) if tensors else torch.empty(0)
 
 
+def _true_class_maps(method: Method, images: Tensor, logits: Tensor, labels: Tensor, maps: Tensor) -> Tensor:
+    """``maps`` with the misclassified images' maps drawn again for their true class
+    (:meth:`Method.localize_class`, which every method answers for any class)."""
+    wrong = logits.argmax(1) != labels
+    if not bool(wrong.any()):
+        return maps
+    maps = maps.clone()
+    maps[wrong] = method.localize_class(images[wrong], labels[wrong]).to(maps.dtype)
+    return maps
+
+
 def score_batch(
-    acc: LocalizationAccumulator,
+    scorer: Scorer,
     maps: Tensor,
     batch: dict[str, Any],
     device: torch.device,
     on_map: Callable[[int, Tensor, Tensor], None] | None,
 ) -> None:
-    """Score a batch's maps against its masks, images of one size and mask size together, in batch order."""
+    """Score a batch's maps against its masks (and boxes, ignore regions), images of one size and mask size
+    together, in batch order."""
     sizes = [(tuple(hw), tuple(mask.shape[-2:])) for hw, mask in zip(batch["sizes"], batch["masks"])]
     start = 0
     while start < len(sizes):  # runs of equal sizes keep the images in order
@@ -321,7 +339,9 @@ def score_batch(
         if (h, w) != mask_size:
             m = F.interpolate(m[:, None], size=mask_size, mode="bilinear", align_corners=False)[:, 0]
         m = m.clamp(0, 1)
-        acc.update(m, masks)
+        part = slice(start, end)
+        scorer.update(m, masks, batch.get("boxes", [None] * len(sizes))[part],
+                      batch.get("ignore", [None] * len(sizes))[part])
         if on_map is not None:
             for j in range(end - start):
                 on_map(int(batch["index"][start + j]), m[j], masks[j])

@@ -26,7 +26,7 @@ from wsolbench.data.samples import eval_collate
 from wsolbench.interfaces import Event, Logger, Method
 from wsolbench.plugin_host import PluginWarning, registry
 from wsolbench.scoring.extras import raw_rgb
-from wsolbench.scoring.metrics import LocalizationAccumulator
+from wsolbench.scoring.scorer import Scorer
 from wsolbench.scoring.plots import Sample, overlay_grid
 from wsolbench.training.engine import Listener, Precision, score_batch
 
@@ -113,8 +113,7 @@ def overlay_picture(method: Method, split: Any, cfg: RunConfig, precision: Preci
         name = str(getattr(split, "ids", range(len(split)))[index])
         drawn.append(Sample(name, raw_rgb(split, index, size), truth, prob.detach().float().cpu().numpy()))
 
-    scratch = LocalizationAccumulator(bins=cfg.eval.bins, threshold=cfg.eval.threshold)
-    score_batch(scratch, maps.detach().float(), batch, device, keep)
+    score_batch(Scorer(cfg.eval), maps.detach().float(), batch, device, keep)
     return overlay_grid(drawn, cfg.eval.threshold)
 
 

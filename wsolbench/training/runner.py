@@ -40,6 +40,7 @@ from wsolbench.interfaces import Dataset, Method
 from wsolbench.runs import rundir
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
+from wsolbench.scoring.metrics import METRICS
 from wsolbench.scoring.outputs import results_record, write_outputs
 from wsolbench.training import distributed
 from wsolbench.training.checkpoints import (
@@ -69,6 +70,22 @@ from wsolbench.utils import seed_everything
 
 #: manifest statuses a run can be resumed from ("running": its process was killed)
 RESUMABLE = ("running", "interrupted", "failed")
+#: the values of ``eval.select`` that score the validation maps
+LOCALIZATION_SELECT = ("maxboxaccv2", "pxap", "f1_neg")
+
+
+def selection_key(metrics: dict[str, Any], select: str) -> tuple[float, ...]:
+    """Model selection's order, lowest best: ``eval.select``'s validation metric (negated where higher is
+    better; a record without it ranks last), then the classification error, then the loss."""
+    rest = (metrics["cl_error"], metrics["loss"])
+    if select == "cl_error":
+        return rest
+    if select == "loss":
+        return (metrics["loss"], metrics["cl_error"])
+    value = metrics.get(select)
+    if value is None or value != value:  # noqa: PLR0124 - NaN: nothing to rank by
+        return (float("inf"), *rest)
+    return (-value if METRICS[select].better == "higher" else value, *rest)
 
 
 class ResumeError(UserError):
@@ -396,14 +413,17 @@ def _train(
         validates = (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1
         if validates:
             t1 = time.perf_counter()
-            val = evaluate(method, valid_loader, precision, cfg, localization=False, listener=listener, dist=dist,
-                           phase="valid")
+            select = cfg.eval.select
+            val = evaluate(method, valid_loader, precision, cfg, localization=select in LOCALIZATION_SELECT,
+                           listener=listener, dist=dist, phase="valid")
             state.valid_seconds += time.perf_counter() - t1
             row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
-            key = (val.metrics["cl_error"], val.metrics["loss"])
-            improved = key < (state.best["cl_error"], state.best["loss"])
+            if select in LOCALIZATION_SELECT:
+                row[f"valid_{select}"] = val.metrics[select]
+            improved = selection_key(val.metrics, select) < selection_key(state.best, select)
             if improved:
-                state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
+                state.best = {"epoch": epoch, "cl_error": val.metrics["cl_error"], "loss": val.metrics["loss"],
+                              **({select: val.metrics[select]} if select in LOCALIZATION_SELECT else {})}
             if draw is not None:
                 draw(epoch)
         if validates:  # patience counts validations, so an epoch without one never stops the run

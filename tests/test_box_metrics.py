@@ -1,0 +1,225 @@
+"""Box metrics against wsolevaluation's arithmetic, written again here with OpenCV, and hand-made cases."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from wsolbench.data.boxes import boxes_from_mask
+from wsolbench.scoring.metrics import (
+    BoxAccumulator,
+    LocalizationAccumulator,
+    contour_boxes,
+    scale_boxes,
+)
+
+
+# -- the reference's arithmetic, one image and one threshold at a time ---------------
+def reference_boxes(scoremap: np.ndarray, thresholds: np.ndarray, every_contour: bool) -> list[list[list[int]]]:
+    height, width = scoremap.shape
+    image = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
+    found = []
+    for t in thresholds:
+        _, binary = cv2.threshold(image, thresh=int(t * np.max(image)), maxval=255, type=cv2.THRESH_BINARY)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        if len(contours) == 0:
+            found.append([[0, 0, 0, 0]])
+            continue
+        if not every_contour:
+            contours = [max(contours, key=cv2.contourArea)]
+        boxes = []
+        for contour in contours:
+            x, y, w, h = cv2.boundingRect(contour)
+            boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+        found.append(boxes)
+    return found
+
+
+def reference_iou(a: list[int], b: list[int]) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1) * max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+    return 0.0 if union <= 0 else inter / union
+
+
+def reference_metrics(maps: list[np.ndarray], true_boxes: list[list[list[int]]], interval: float) -> dict:
+    thresholds = np.arange(0, 1, interval)
+    correct = {(every, iou): np.zeros(len(thresholds)) for every in (False, True) for iou in (30, 50, 70)}
+    for scoremap, truth in zip(maps, true_boxes):
+        for every in (False, True):
+            per_threshold = [max(reference_iou(p, t) for p in boxes for t in truth)
+                             for boxes in reference_boxes(scoremap, thresholds, every)]
+            for iou in (30, 50, 70):
+                correct[every, iou][np.asarray(per_threshold) >= iou / 100] += 1
+    acc = {key: value * 100.0 / float(len(maps)) for key, value in correct.items()}
+    out = {"maxboxacc": acc[False, 50].max(), "box_threshold": thresholds[acc[False, 50].argmax()]}
+    for iou in (30, 50, 70):
+        out[f"boxacc_{iou}"] = acc[True, iou].max()
+        out[f"box_threshold_{iou}"] = thresholds[acc[True, iou].argmax()]
+    out["maxboxaccv2"] = np.average([out["boxacc_30"], out["boxacc_50"], out["boxacc_70"]])
+    return out
+
+
+# -- generated maps -----------------------------------------------------------------
+def generated_map(rng: np.random.Generator, height: int, width: int, kind: str) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    if kind == "zero":
+        return np.zeros((height, width), np.float32)
+    out = np.zeros((height, width), np.float32)
+    for _ in range(rng.integers(1, 5)):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        sy, sx = rng.uniform(1.5, height / 3), rng.uniform(1.5, width / 3)
+        d = ((y - cy) / sy) ** 2 + ((x - cx) / sx) ** 2
+        if kind == "rings":  # a peak on a circle: a hole in the middle at high thresholds
+            out += np.exp(-((np.sqrt(d) - 1.5) ** 2) * 2).astype(np.float32)
+        else:
+            out += np.exp(-d).astype(np.float32)
+    if kind == "noisy":
+        out += rng.uniform(0, 0.6, out.shape).astype(np.float32)
+    if kind == "steps":  # few values: many thresholds give the same binary image
+        out = np.floor(out / out.max() * 4)
+    out = (out - out.min()) / (out.max() - out.min())
+    return out.astype(np.float32)
+
+
+def random_boxes(rng: np.random.Generator, height: int, width: int) -> list[list[int]]:
+    boxes = []
+    for _ in range(rng.integers(1, 4)):
+        x0, x1 = sorted(rng.integers(0, width, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, height, 2).tolist())
+        boxes.append([x0, y0, x1, y1])
+    return boxes
+
+
+@pytest.mark.parametrize("interval", [0.01, 0.05])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_box_metrics_equal_the_reference_arithmetic(seed, interval):
+    rng = np.random.default_rng(seed)
+    kinds = ["blobs", "rings", "noisy", "steps", "zero"]
+    maps, truth = [], []
+    for i in range(20):
+        height, width = (36, 52) if i % 2 else (48, 40)
+        maps.append(generated_map(rng, height, width, kinds[i % len(kinds)]))
+        # boxes near the map's own blobs too, so that every IoU threshold has hits and misses
+        own = boxes_from_mask(torch.from_numpy(maps[-1] > rng.uniform(0.2, 0.8))).tolist()
+        truth.append((own[:1] if own else []) + random_boxes(rng, height, width))
+    acc = BoxAccumulator(interval=interval)
+    for m, b in zip(maps, truth):  # images of different sizes, one at a time
+        acc.update(torch.from_numpy(m), torch.tensor(b))
+    got = acc.compute()
+    expected = reference_metrics(maps, truth, interval)
+    for name, value in expected.items():
+        assert got[name] == float(value), name
+    assert 0 < got["boxacc_70"] < got["boxacc_30"] < 100  # the cases tell the thresholds apart
+
+
+def test_a_batch_scores_as_its_images_one_by_one():
+    rng = np.random.default_rng(4)
+    maps = np.stack([generated_map(rng, 30, 30, k) for k in ("blobs", "rings", "noisy", "zero")])
+    truth = [torch.tensor(random_boxes(rng, 30, 30)) for _ in maps]
+    batch, single = BoxAccumulator(), BoxAccumulator()
+    batch.update(torch.from_numpy(maps), truth)
+    for m, t in zip(maps, truth):
+        single.update(torch.from_numpy(m), t)
+    assert torch.equal(torch.cat(batch.iou_any), torch.cat(single.iou_any))
+    assert torch.equal(torch.cat(batch.iou_largest), torch.cat(single.iou_largest))
+
+
+# -- hand-made cases ----------------------------------------------------------------
+def box_map(height: int, width: int, box: list[int]) -> torch.Tensor:
+    m = torch.zeros(height, width)
+    m[box[1] : box[3] + 1, box[0] : box[2] + 1] = 1
+    return m
+
+
+def test_a_map_equal_to_the_box_scores_100_at_every_iou():
+    box = [10, 12, 39, 31]
+    acc = BoxAccumulator()
+    acc.update(box_map(50, 60, box), torch.tensor([box]))
+    out = acc.compute()
+    assert out["maxboxacc"] == out["boxacc_30"] == out["boxacc_50"] == out["boxacc_70"] == 100.0
+    assert out["maxboxaccv2"] == 100.0 and out["gt_known_loc"] == 100.0
+
+
+def test_a_map_shifted_by_half_the_box_misses_at_iou_07():
+    box = [10, 10, 29, 29]
+    shifted = [20, 10, 39, 29]
+    acc = BoxAccumulator()
+    acc.update(box_map(50, 60, shifted), torch.tensor([box]))
+    out = acc.compute()
+    assert out["boxacc_70"] == 0.0 and out["boxacc_50"] == 0.0 and out["maxboxacc"] == 0.0
+
+
+def test_two_blobs_and_two_boxes_show_the_multi_contour_difference():
+    # a large blob where nothing is, a small blob on the first true box; the second true box has no blob
+    m = box_map(60, 60, [2, 2, 30, 30]) + box_map(60, 60, [40, 40, 49, 49])
+    truth = torch.tensor([[40, 40, 49, 49], [2, 45, 12, 57]])
+    acc = BoxAccumulator()
+    acc.update(m, truth)
+    out = acc.compute()
+    assert out["maxboxacc"] == 0.0  # the largest contour is the wrong blob
+    assert out["boxacc_50"] == 100.0 and out["boxacc_70"] == 100.0  # every contour: the small blob matches
+
+
+def test_an_all_zero_map_gives_the_zero_box():
+    found, position = contour_boxes(np.zeros((20, 30), np.uint8), np.arange(0, 100) * 0)
+    assert [b.tolist() for b in found] == [[[0, 0, 0, 0]]] and set(position.tolist()) == {0}
+    acc = BoxAccumulator()
+    acc.update(torch.zeros(20, 30), torch.tensor([[0, 0, 0, 0]]))  # the one-pixel box at the corner matches it
+    assert acc.compute()["maxboxacc"] == 100.0
+
+
+def test_a_hole_has_its_own_box():
+    binary = np.zeros((12, 12), np.uint8)
+    binary[1:11, 1:11] = 255
+    binary[4:6, 4:6] = 0  # a 2 x 2 hole at (4, 4)
+    found, _ = contour_boxes(binary, np.array([0]))
+    assert sorted(found[0].tolist()) == [[1, 1, 11, 11], [3, 3, 7, 7]]
+
+
+def test_top_k_localization_needs_the_class_and_the_box():
+    box = [5, 5, 20, 20]
+    good = box_map(30, 30, box)
+    acc = BoxAccumulator()
+    acc.update(torch.stack([good, good, torch.zeros(30, 30)]), [torch.tensor([box])] * 3)
+    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0], [1.0, 5, 0, 0, 0, 0], [5.0, 1, 0, 0, 0, 0]])
+    out = acc.compute(logits, torch.tensor([0, 0, 0]))
+    assert out["gt_known_loc"] == pytest.approx(200 / 3)  # images 0 and 1 have the box
+    assert out["top1_loc"] == pytest.approx(100 / 3)  # image 1's class is second
+    assert out["top5_loc"] == pytest.approx(200 / 3)
+
+
+def test_boxes_scale_as_wsolevaluation_resizes_them():
+    boxes = torch.tensor([[0, 3, 499, 374], [17, 250, 333, 301]])
+    scaled = scale_boxes(boxes, (375, 500), (224, 224))
+    expected = [[int(float(x) * 224.0 / 500.0), int(float(y0) * 224.0 / 375.0), int(float(x1) * 224.0 / 500.0),
+                 int(float(y1) * 224.0 / 375.0)] for x, y0, x1, y1 in boxes.tolist()]
+    assert scaled.tolist() == expected
+
+
+def test_boxes_from_a_mask_one_per_8_connected_component():
+    mask = torch.zeros(10, 12)
+    mask[1:3, 2:5] = 1
+    mask[3, 5] = 1  # touches the first component by a corner: the same component
+    mask[6:9, 7:11] = 1
+    assert boxes_from_mask(mask).tolist() == [[2, 1, 5, 3], [7, 6, 10, 8]]
+    assert boxes_from_mask(torch.zeros(4, 4)).shape == (0, 4)
+
+
+def test_pxap_leaves_ignored_pixels_out():
+    g = torch.Generator().manual_seed(7)
+    bins = 100
+    masks = (torch.rand(3, 20, 20, generator=g) < 0.3).float()
+    maps = (0.7 * torch.rand(3, 20, 20, generator=g) + 0.3 * masks).clamp(0, 1)
+    ignore = (torch.rand(3, 20, 20, generator=g) < 0.25) & (masks < 0.5)
+    acc = LocalizationAccumulator(bins=bins)
+    acc.update(maps, masks, ignore)
+    keep = ~ignore
+    binned = torch.clamp(torch.floor(maps * bins), 0, bins) / bins
+    expected = 100 * average_precision_score(masks[keep].numpy(), binned[keep].numpy())
+    assert acc.compute()["pxap"] == pytest.approx(expected, abs=1e-9)
+    plain = LocalizationAccumulator(bins=bins)
+    plain.update(maps, masks)
+    assert plain.compute()["pxap"] != pytest.approx(expected, abs=1e-6)  # the ignore regions matter here
