@@ -154,4 +154,6 @@ def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
     datasets = [d for d in suite.datasets if d in set(collection.runs["dataset"])]
     chosen = [m.strip() for value in metrics for m in value.split(",") if m.strip()] or rep.DEFAULT_METRICS
     summary = rep.summarize(collection.runs, chosen, rows, datasets)
+    for line in rep.table_warnings(collection.runs, summary):
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     rep.print_table(rep.to_rich(summary, title=f"suite {suite.name}"), out)

@@ -37,6 +37,7 @@ from wsolbench.data.samples import check_split_labels
 from wsolbench.errors import RunInterrupted, UserError
 from wsolbench.interfaces import Dataset, Method
 from wsolbench.runs import rundir
+from wsolbench.runs.provenance import data_fingerprint
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.outputs import results_record, write_outputs
@@ -89,8 +90,9 @@ class ResumePoint:
     checkpoint: dict[str, Any] | None
     previous_status: str = ""
 
-    def mark_running(self, argv: list[str] | None = None) -> None:
-        """Set the manifest back to ``running`` and record this resume (time, epoch, command, versions)."""
+    def mark_running(self, argv: list[str] | None = None, device: Any = "cpu", data: dict[str, Any] | None = None,
+                     ) -> None:
+        """Set the manifest back to ``running`` and record this resume (time, epoch, command, origin, data)."""
         rundir.check_free_space(self.run_dir.path, self.config.train.min_free_mb)
         resumed = self.run_dir.read_manifest().get("resumed", [])
         resumed.append({
@@ -98,7 +100,8 @@ class ResumePoint:
             "from_epoch": self.checkpoint["epoch"] + 1 if self.checkpoint else 0,
             "previous_status": self.previous_status,
             "command": " ".join(argv or []),
-            "versions": rundir.environment(),
+            **rundir.origin(device),
+            "data": data,
         })
         self.run_dir.update_manifest(status="running", finished=None, error=None, resumed=resumed)
 
@@ -244,13 +247,15 @@ def _shared_run_dir(dist: Context, create: Any) -> RunDir:
     return RunDir(path, read_only=True)
 
 
-def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None, dist: Context) -> RunDir:
+def _create_run_dir(
+    cfg: RunConfig, dataset: Dataset, device: torch.device, argv: list[str] | None, dist: Context
+) -> RunDir:
     rundir.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
     name = cfg.run_name or RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
     run_dir = RunDir.create(cfg.output_dir, name)
     config_dict = cfg.to_dict()
     run_dir.write_config(config_dict)
-    manifest = rundir.new_manifest(config_dict, str(device), argv)
+    manifest = rundir.new_manifest(config_dict, device, argv, data=data_fingerprint(dataset))
     manifest["method_label"] = method_label(cfg)
     if dist.active:
         manifest["processes"] = dist.world_size
@@ -270,11 +275,11 @@ def _run(
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if resume_from is None:
-        run_dir, checkpoint = _shared_run_dir(dist, lambda: _create_run_dir(cfg, device, argv, dist)), None
+        run_dir, checkpoint = _shared_run_dir(dist, lambda: _create_run_dir(cfg, dataset, device, argv, dist)), None
     else:
         run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
         if dist.is_main:
-            resume_from.mark_running(argv)
+            resume_from.mark_running(argv, device, data_fingerprint(dataset))
     try:
         results = _train_and_test(cfg, dataset, method, device, run_dir, listener, checkpoint, dist)
     except KeyboardInterrupt as exc:
