@@ -219,7 +219,7 @@ def results_table(results: dict, title: str) -> Table:
     """The metrics of ``results`` in one row, with a second row after dense-CRF when present."""
     from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
 
-    table = Table(title=title)
+    table = Table(title=title, caption=selection_note(results), caption_justify="left")
     table.add_column("maps")
     for name in SHOWN:
         table.add_column(METRICS[name].title, justify="right")
@@ -230,6 +230,21 @@ def results_table(results: dict, title: str) -> Table:
         table.add_row("dense CRF", *(METRICS[k].format({**crf, "cl_error": results.get("cl_error")}.get(k))
                                      for k in SHOWN), str(results["n_images"]))
     return table
+
+
+#: how ``train.select_ties`` broke a tie, in words
+TIE_RULE_WORDS = {"loss": "the lower validation loss", "last": "the last such epoch"}
+
+
+def selection_note(results: dict) -> str | None:
+    """How the tested model was chosen: its epoch, the epochs tied at its validation error, the tie rule."""
+    if "tied_epochs" not in results:
+        return None
+    ties, rule = results["tied_epochs"], results.get("tie_rule")
+    tie = (f"{ties} validated epochs tied at that error, kept by {TIE_RULE_WORDS.get(rule, rule)}" if ties > 1
+           else "no other validated epoch reached that error")
+    return (f"model kept: best_epoch {results.get('best_epoch')} (epochs counted from 0), validation error "
+            f"{results.get('valid_error', float('nan')):.2f}%; {tie} (train.select_ties = {rule})")
 
 
 def metric_notes() -> str:

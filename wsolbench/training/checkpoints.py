@@ -47,16 +47,42 @@ def _no_best() -> dict[str, float]:
 
 @dataclass
 class TrainState:
-    """What the training loop carries from one epoch to the next, besides the model and optimizer."""
+    """What the training loop carries from one epoch to the next, besides the model and optimizer.
+
+    Model selection (:meth:`consider`): the validated epoch with the lowest
+    validation error is kept. On a small validation split many epochs reach
+    the same error (GlaS's 18 images: dozens of epochs at 0%), so the rule
+    that breaks the tie decides the kept model; ``ties`` counts the validated
+    epochs at the lowest error so far, and the run's ``results.json`` reports
+    it with the rule (``train.select_ties``):
+
+    - ``loss``: among them, the one with the lowest validation loss (the first on equal losses);
+    - ``last``: the last of them (the min-max reference code's rule).
+    """
 
     next_epoch: int = 0
     best: dict[str, float] = field(default_factory=_no_best)  #: epoch, cl_error, loss of the best validation
     stale: int = 0  #: validations since the last improvement (early stopping)
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
+    ties: int = 0  #: validated epochs at the lowest validation error so far (the kept one among them)
 
     def stopped_early(self, patience: int) -> bool:
         return patience > 0 and self.stale >= patience
+
+    def consider(self, epoch: int, cl_error: float, loss: float, rule: str = "loss") -> bool:
+        """Count a validation of ``epoch``; whether it becomes the kept model under tie rule ``rule``."""
+        if cl_error < self.best["cl_error"]:
+            self.ties = 1
+        elif cl_error == self.best["cl_error"]:
+            self.ties += 1
+        if rule == "last":
+            improved = cl_error <= self.best["cl_error"]
+        else:
+            improved = (cl_error, loss) < (self.best["cl_error"], self.best["loss"])
+        if improved:
+            self.best = {"epoch": epoch, "cl_error": cl_error, "loss": loss}
+        return improved
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

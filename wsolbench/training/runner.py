@@ -3,8 +3,9 @@
 :func:`run` goes from a configuration to a completed run directory
 (:mod:`wsolbench.runs.rundir`): the dataset and method are built
 (:mod:`wsolbench.assembly`), the method is trained one epoch at a time
-(:mod:`wsolbench.training.engine`), the model with the lowest validation error (ties:
-the lower validation loss) is kept as ``best.pt`` and scored on the test split
+(:mod:`wsolbench.training.engine`), the model with the lowest validation error (ties: the
+lower validation loss, or the last such epoch with ``train.select_ties = "last"``; see
+:class:`~wsolbench.training.checkpoints.TrainState`) is kept as ``best.pt`` and scored on the test split
 (:mod:`wsolbench.scoring.outputs`). :func:`resume` continues a run that was killed,
 interrupted or stopped by an error, from its ``last.pt``
 (:mod:`wsolbench.training.checkpoints`).
@@ -336,6 +337,7 @@ def _train_and_test(
     results = results_record(
         cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
         best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
+        **_selection(cfg, state),
     )
     write_outputs(run_dir, test, extras, results)
     run_dir.update_manifest(
@@ -348,6 +350,13 @@ def _train_and_test(
         best_epoch=state.best["epoch"],
     )
     return results
+
+
+def _selection(cfg: RunConfig, state: TrainState) -> dict[str, Any]:
+    """How the kept model was chosen: the epochs tied at its validation error and the rule that broke the tie."""
+    if state.best["epoch"] < 0:
+        return {}
+    return {"tied_epochs": state.ties, "tie_rule": cfg.train.select_ties}
 
 
 def _train(
@@ -392,10 +401,7 @@ def _train(
                            phase="valid")
             state.valid_seconds += time.perf_counter() - t1
             row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
-            key = (val.metrics["cl_error"], val.metrics["loss"])
-            improved = key < (state.best["cl_error"], state.best["loss"])
-            if improved:
-                state.best = {"epoch": epoch, "cl_error": key[0], "loss": key[1]}
+            improved = state.consider(epoch, val.metrics["cl_error"], val.metrics["loss"], cfg.train.select_ties)
         if validates:  # patience counts validations, so an epoch without one never stops the run
             state.stale = 0 if improved else state.stale + 1
         row["best_epoch"] = state.best["epoch"]
