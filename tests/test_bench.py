@@ -316,8 +316,13 @@ def test_bench_command_continues_past_failures_and_reports(grid, tmp_path):
 [suite]
 seeds = [0]
 datasets = ["synthetic"]
-methods = ["nope", "cam-avg"]
+methods = ["cam-avg"]
 output_dir = "{out}"
+
+[[runs]]                 # resolves, then fails when its run builds the dataset
+method = "cam-max"
+label = "nope"
+set = ["dataset.classes=1"]
 """)
     proc = run_cli("bench", str(suite_file), "--dry-run")
     assert proc.returncode == 0
@@ -325,12 +330,12 @@ output_dir = "{out}"
     proc = run_cli("bench", str(suite_file))
     assert proc.returncode == 1
     assert "1 already complete, 1 failed" in proc.stderr
-    assert "Unknown method 'nope'" in proc.stderr
+    assert "dataset.classes must be at least 2" in proc.stderr
     first = json.loads((suite.cells[0].run_dir / "results.json").read_text())
     assert "cam-avg" in proc.stdout and f"{first['f1_pos']:.2f}" in proc.stdout  # the report table
     proc = run_cli("bench", str(suite_file), "--jobs", "2")
     assert proc.returncode == 1 and "2 cells at a time" in proc.stderr
-    assert "synthetic/nope/seed-0 (nope) failed" in proc.stderr and "1 already complete, 1 failed" in proc.stderr
+    assert "synthetic/nope/seed-0 (cam-max) failed" in proc.stderr and "1 already complete, 1 failed" in proc.stderr
     proc = run_cli("bench", str(suite_file), "--jobs", "2", "--launcher", "slurm")
     assert proc.returncode == 2 and "--jobs is for the local launcher" in proc.stderr
 
@@ -348,3 +353,38 @@ def test_every_shipped_suite_resolves_cell_by_cell(suite_file):
     for cell in suite.cells:
         cfg = config.resolve(cell.method, cell.dataset, cell.profile, sets=[*cell.sets, *no_crf])
         assert cfg.method == cell.method and cfg.dataset == cell.dataset
+
+
+def test_bench_refuses_a_bad_set_or_suite_before_any_cell_runs(tmp_path, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(bench, "launch_local", lambda cell, log, threads=None: started.append(cell) or 0)
+    suite_file = write_suite(tmp_path / "s.toml", f"""
+[suite]
+seeds = [0, 1]
+datasets = ["synthetic"]
+methods = ["cam-avg", "cam-max"]
+set = {json.dumps(TINY_SETS)}
+output_dir = "{tmp_path / 'out'}"
+
+[[runs]]
+method = "minmax"
+set = ["method.no_such_parameter=1"]
+""")
+
+    def bench_cli(*args: str) -> tuple[int, str]:
+        try:
+            main(["bench", str(suite_file), *args])
+        except SystemExit as exc:
+            return int(exc.code or 0), capsys.readouterr().err
+        return 0, capsys.readouterr().err
+
+    code, err = bench_cli("--set", "train.lrr=0.1", "--only", "cam-avg")
+    assert code == 2 and started == [] and not (tmp_path / "out").exists()
+    text = " ".join(err.split())
+    assert "the settings of 6 of its 6 cells do not resolve" in text and "Nothing was run" in text
+    assert "synthetic/cam-avg/seed-0, synthetic/cam-avg/seed-1, synthetic/cam-max/seed-0 and 1 more: " in text
+    assert "'train.lrr'. Did you mean 'train.lr'" in text and "no_such_parameter" in text
+    code, err = bench_cli("--dry-run")  # the suite's own minmax entry names an unknown parameter
+    text = " ".join(err.split())
+    assert code == 2 and "2 of its 6 cells" in text and "synthetic/minmax+method.no_such_parameter-1/seed-0" in text
+    assert "no_such_parameter" in text and started == []

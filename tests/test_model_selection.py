@@ -8,7 +8,7 @@ import pytest
 
 from wsolbench import config
 from wsolbench.errors import ConfigError
-from wsolbench.training.runner import selection_key
+from wsolbench.training.checkpoints import selection_key
 
 #: epoch 1 classifies best, epoch 2 localizes best (boxes and background), epoch 3 has the lowest loss
 #: and the best PxAP; the ties on cl_error at epochs 0 and 1 are broken by the loss

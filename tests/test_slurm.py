@@ -53,9 +53,14 @@ def test_suite_runs_as_jobs_through_submitits_local_executor(tmp_path, capsys):
 [suite]
 seeds = [0]
 datasets = ["synthetic"]
-methods = ["cam-avg", "nope"]
+methods = ["cam-avg"]
 output_dir = "{tmp_path / 'out'}"
 set = {json.dumps(TINY_SETS)}
+
+[[runs]]                 # resolves, then fails when its job builds the dataset
+method = "cam-max"
+label = "nope"
+set = ["dataset.classes=1"]
 
 [slurm]
 gpus_per_node = 0
@@ -63,10 +68,10 @@ timeout_min = 10
 """)
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", str(suite_file), "--launcher", "submitit-local"])
-    assert exit_info.value.code == 1  # the unknown method failed, the other cell did not stop
+    assert exit_info.value.code == 1  # the bad cell failed, the other cell did not stop
     printed = capsys.readouterr()
     assert "2 job(s) submitted (submitit-local)" in printed.err
-    assert "Unknown method 'nope'" in printed.err
+    assert "dataset.classes must be at least 2" in printed.err
     run = tmp_path / "out" / "synthetic" / "cam-avg" / "seed-0"
     results = json.loads((run / "results.json").read_text())
     assert results["n_images"] == 8 and results["method"] == "cam-avg"

@@ -56,11 +56,16 @@ class TrainConfig:
     lr_gamma: float = 0.1
     lr_min: float = 1e-7
     patience: int = 0  #: epochs without a better validation error before stopping; 0: never
+    select_ties: str = "loss"  #: ties at the lowest validation error: "loss" (the lower loss wins) or "last"
     num_workers: int = 0
     amp: bool = True  #: mixed precision on CUDA (bf16 where supported, else fp16)
     channels_last: bool = True  #: channels-last model and images: faster convolutions on CPU and GPU
     grad_clip: float = 0.0  #: max gradient norm; 0: off
     min_free_mb: float = 100.0  #: disk space (MiB) a checkpoint must leave free, else the run stops with an error
+
+
+#: how ``train.select_ties`` breaks ties at the lowest validation error (see :mod:`wsolbench.training.checkpoints`)
+TIE_RULES = ("loss", "last")
 
 
 @dataclass
@@ -398,6 +403,8 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("eval.every must be >= 1")
     if cfg.eval.pad_multiple < 1:
         problems.append("eval.pad_multiple must be >= 1")
+    if t.select_ties not in TIE_RULES:
+        problems.append(f"train.select_ties must be {' or '.join(TIE_RULES)}, not {t.select_ties!r}")
     if t.schedule not in ("step", "cosine", "constant"):
         problems.append(f"train.schedule must be step, cosine or constant, not {t.schedule!r}")
     if cfg.eval.batch_size < 1:

@@ -272,6 +272,25 @@ class Dataset:
             )
         return items.transform
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data this dataset serves, as JSON values (optional to override).
+
+        The run's manifest keeps the SHA-256 of this dictionary (and its
+        ``basis``), and ``wsolbench report`` warns when the runs of one table
+        disagree, so two runs on different copies of a dataset can be told
+        apart. The default describes data generated from parameters: the
+        class, the parameters and each split's size (the run's seed is in the
+        manifest already). Datasets read from files describe the files:
+        :class:`wsolbench.data.files.FileDataset` lists every split's images
+        and masks with their sizes in bytes.
+        """
+        return {
+            "basis": "parameters",
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "params": self.params,
+            "sizes": {name: len(self.split_labels(name)) for name in self.split_names},
+        }
+
     def describe(self) -> list[SplitInfo]:
         """Image counts per split and class (what ``wsolbench data verify`` prints)."""
         out = []

@@ -50,6 +50,10 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
           gpus_per_node, cpus_per_task, mem_gb, timeout_min) -> None:  # noqa: ANN001
     """Run every cell of SUITE_FILE (a TOML benchmark suite), then print the report table.
 
+    Every cell's settings (the suite's and each --set) are checked before any
+    cell starts; a cell that does not resolve stops the command with exit
+    status 2, naming the cells and the problem.
+
     Cells already complete are skipped; an interrupted one continues from its
     last finished epoch (when its settings are unchanged); a failed cell does
     not stop the others and is listed at the end (exit status 1). See
@@ -62,6 +66,7 @@ def bench(suite_file, output_dir, data_roots, only, sets, dry_run, metrics, laun
     if jobs > 1 and launcher != "local":
         raise click.UsageError("--jobs is for the local launcher; Slurm runs the cells as parallel jobs anyway")
     suite = bench_mod.load_suite(suite_file, output_dir, _data_roots(data_roots), list(sets))
+    bench_mod.check_cells(suite.cells)
     cells = [c for c in suite.cells if c.matches(only)]
     err.print(
         f"[bold]wsolbench bench[/bold] {escape(suite.name)}: {len(cells)} of {len(suite.cells)} cells, "
@@ -154,4 +159,6 @@ def _print_report(suite, cells, metrics) -> None:  # noqa: ANN001
     datasets = [d for d in suite.datasets if d in set(collection.runs["dataset"])]
     chosen = [m.strip() for value in metrics for m in value.split(",") if m.strip()] or rep.DEFAULT_METRICS
     summary = rep.summarize(collection.runs, chosen, rows, datasets)
+    for line in rep.table_warnings(collection.runs, summary):
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     rep.print_table(rep.to_rich(summary, title=f"suite {suite.name}"), out)

@@ -49,7 +49,7 @@ def report(paths, fmt, output, metrics, rows, datasets, title, plots_dir) -> Non
     summary = rep.summarize(
         collection.runs, _split(metrics) or rep.DEFAULT_METRICS, _split(rows) or None, _split(datasets) or None
     )
-    for line in rep.version_warnings(collection.runs, summary):
+    for line in rep.table_warnings(collection.runs, summary):
         err.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
     fmt = fmt or (rep.format_for(output) if output else "table")
     if output:

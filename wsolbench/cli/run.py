@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 
 #: options that may accompany --resume (everything else comes from the run's config.json)
 RESUME_COMPATIBLE = ("resume_dir", "quiet")
+#: options that may accompany --like (the settings come from the run's config.json, the new run goes elsewhere)
+LIKE_COMPATIBLE = ("like_dir", "quiet", "output_dir", "run_name")
+#: where --like puts the new run unless --output-dir says otherwise
+LIKE_OUTPUT_DIR = "runs/like"
 
 
 @click.command("run")
@@ -60,19 +65,38 @@ RESUME_COMPATIBLE = ("resume_dir", "quiet")
     "--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None, metavar="RUN_DIR",
     help="Continue a killed, interrupted or failed run from its last finished epoch, with its own settings.",
 )
+@click.option(
+    "--like", "like_dir", type=click.Path(exists=True, file_okay=False), default=None, metavar="RUN_DIR",
+    help="Run a completed run's settings again (a new run, in runs/like unless --output-dir says otherwise), then "
+         "compare the numbers and the recorded environments; exit status 1 when the numbers differ.",
+)
 def run(
     method, dataset, data_root, backbone, pretrained, pooling, profile, epochs, batch_size, lr, seed, device,
-    output_dir, run_name, config_file, sets, loggers, show_config, quiet, resume_dir,
+    output_dir, run_name, config_file, sets, loggers, show_config, quiet, resume_dir, like_dir,
 ) -> None:  # noqa: ANN001
     """Train METHOD on DATASET, select the model on validation error, evaluate it on test.
 
     Writes a run directory (config.json, manifest.json, metrics.jsonl,
     results.json, per_image.csv, best.pt, last.pt) and prints the test metrics.
     With --resume RUN_DIR, continues that run instead (on CPU it ends with the
-    metrics an uninterrupted run would have had).
+    metrics an uninterrupted run would have had). With --like RUN_DIR, runs
+    that run's settings again and says whether the numbers are identical and
+    what differed in the recorded environment (commit, versions, threads,
+    processors, device, data).
     """
+    if resume_dir is not None and like_dir is not None:
+        raise ConfigError("--resume continues a run and --like starts a new one like it: give one of them")
     if resume_dir is not None:
+        _only_with("--resume", RESUME_COMPATIBLE,
+                   "continues a run with the settings in its config.json, so it cannot be combined with {names}; "
+                   "only --quiet may accompany it. To change settings, start a new run.")
         _resume(resume_dir, quiet)
+        return
+    if like_dir is not None:
+        _only_with("--like", LIKE_COMPATIBLE,
+                   "runs again with the settings in RUN_DIR/config.json, so it cannot be combined with {names}; "
+                   "only --quiet, --output-dir and --run-name may accompany it.")
+        _like(like_dir, quiet, output_dir, run_name)
         return
     options = {
         "data_root": data_root, "seed": seed, "device": device, "output_dir": output_dir, "run_name": run_name,
@@ -100,20 +124,83 @@ def run(
         print_results(result.results, str(result.run_dir.path))
 
 
-def _resume(resume_dir: str, quiet: bool) -> None:
+def _only_with(flag: str, allowed: tuple[str, ...], why: str) -> None:
+    """Refuse the options given besides ``allowed``: ``flag`` + ``why`` (``{names}``: the refused ones)."""
     ctx = click.get_current_context()
     given = [
         p for p in ctx.command.params
-        if p.name not in RESUME_COMPATIBLE
+        if p.name not in allowed
         and ctx.get_parameter_source(p.name) in (click.core.ParameterSource.COMMANDLINE,
                                                  click.core.ParameterSource.ENVIRONMENT)
     ]
     if given:
-        names = ", ".join(p.opts[0] for p in given)
-        raise ConfigError(
-            f"--resume continues a run with the settings in its config.json, so it cannot be combined with "
-            f"{names}; only --quiet may accompany it. To change settings, start a new run."
+        raise ConfigError(f"{flag} " + why.format(names=", ".join(p.opts[0] for p in given)))
+
+
+def _like(like_dir: str, quiet: bool, output_dir: str | None, run_name: str | None) -> None:
+    from wsolbench.runs import rundir  # torch: see wsolbench.cli
+    from wsolbench.runs.compare import compare
+    from wsolbench.training import distributed, runner
+
+    old = rundir.RunDir(like_dir)
+    if not rundir.is_complete(like_dir):
+        raise rundir.RunDirError(
+            f"{like_dir} is not a completed run (its manifest must say completed and it must have results.json); "
+            f"--like compares a new run with a finished one. Continue an unfinished run with --resume."
         )
+    cfg = dataclasses.replace(old.read_config(), output_dir=output_dir or LIKE_OUTPUT_DIR,
+                              run_name=run_name or old.path.name)
+    speaks = distributed.from_environment().is_main
+    if speaks:
+        err.print(f"[bold]wsolbench[/bold] run like {escape(like_dir)}: method [cyan]{cfg.method}[/cyan], dataset "
+                  f"[cyan]{cfg.dataset}[/cyan], seed {cfg.seed}, {cfg.train.epochs} epochs", soft_wrap=True)
+    with _sigterm_interrupts(), progress_display(quiet or not speaks) as listener:
+        result = runner.run(cfg, argv=["wsolbench", *sys.argv[1:]], listener=listener)
+    if not speaks:
+        return
+    comparison = compare(old, result.run_dir)
+    print_comparison(comparison, like_dir, str(result.run_dir.path))
+    if not comparison.identical:
+        sys.exit(1)
+
+
+def print_comparison(comparison: Any, old: str, new: str) -> None:
+    """The two runs' numbers side by side, whether they are identical, and how their recorded origins differ."""
+    table = Table(title="the run and its rerun")
+    for column in ("", "old", "new", ""):
+        table.add_column(column, justify="right")
+    for name, a, b in comparison.rows:
+        table.add_row(name, _exact(a), _exact(b), "" if a == b else "[red]differs[/red]")
+    out.print(table)
+    out.print(f"old: {escape(old)}\nnew: {escape(new)}", soft_wrap=True)
+    if comparison.identical:
+        out.print("[green]identical[/green]: every test metric, the kept epoch and each epoch's training loss are "
+                  "bit-identical", soft_wrap=True)
+    else:
+        differ = sum(a != b for _, a, b in comparison.rows)
+        what = [f"{differ} of {len(comparison.rows)} numbers differ"]
+        if comparison.first_loss_difference is not None:
+            what.append(f"the training losses first differ at epoch {comparison.first_loss_difference}")
+        if comparison.epochs[0] != comparison.epochs[1]:
+            what.append(f"the runs recorded {comparison.epochs[0]} and {comparison.epochs[1]} epochs")
+        out.print(f"[red]not identical[/red]: {'; '.join(what)}", soft_wrap=True)
+    if comparison.origin:
+        out.print("the recorded environments differ (old -> new):")
+        for key, a, b in comparison.origin:
+            out.print(f"  {escape(key)}: {escape(_recorded(a))} -> {escape(_recorded(b))}", soft_wrap=True)
+    else:
+        out.print("the recorded environments agree: code, versions, threads, processors, device and data")
+
+
+def _exact(value: Any) -> str:
+    return "-" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def _recorded(value: Any) -> str:
+    return "not recorded" if value is None else str(value)
+
+
+def _resume(resume_dir: str, quiet: bool) -> None:
     from wsolbench.runs import rundir  # torch: see wsolbench.cli
     from wsolbench.training import distributed, runner
 
@@ -228,7 +315,7 @@ def results_table(results: dict, title: str) -> Table:
 
     crf = results.get("crf")
     crf = {**crf, "cl_error": results.get("cl_error")} if isinstance(crf, dict) else None  # the CRF keeps the classes
-    table = Table(title=title)
+    table = Table(title=title, caption=selection_note(results), caption_justify="left")
     table.add_column("metric")
     table.add_column("as given", justify="right")
     if crf is not None:
@@ -240,6 +327,21 @@ def results_table(results: dict, title: str) -> Table:
         table.add_row(METRICS[name].title, *cells)
     table.add_row("images", str(results["n_images"]), *([str(results["n_images"])] if crf is not None else []))
     return table
+
+
+#: how ``train.select_ties`` broke a tie, in words
+TIE_RULE_WORDS = {"loss": "the lower validation loss", "last": "the last such epoch"}
+
+
+def selection_note(results: dict) -> str | None:
+    """How the tested model was chosen: its epoch, the epochs tied at its validation error, the tie rule."""
+    if "tied_epochs" not in results:
+        return None
+    ties, rule = results["tied_epochs"], results.get("tie_rule")
+    tie = (f"{ties} validated epochs tied at its selection value, kept by {TIE_RULE_WORDS.get(rule, rule)}"
+           if ties > 1 else "no other validated epoch reached its selection value")
+    return (f"model kept: best_epoch {results.get('best_epoch')} (epochs counted from 0), validation error "
+            f"{results.get('valid_error', float('nan')):.2f}%; {tie} (train.select_ties = {rule})")
 
 
 def metric_notes(results: dict) -> str:

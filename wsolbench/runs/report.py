@@ -16,7 +16,9 @@ column in bold: the lowest classification error, the highest of the other
 metrics (the best threshold is a setting, not a score, and is never bold).
 The CSV is the summary itself, one line per label and dataset, numbers only.
 :func:`version_warnings` says when the runs of one table used different
-versions of the plug-in providing a method (or pooling, or dataset).
+versions of the plug-in providing a method (or pooling, or dataset);
+:func:`origin_warnings`, when they were made by different code (commit or
+uncommitted changes) or read different data (a dataset's fingerprint).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from rich.table import Table
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.plugin_host import registry
+from wsolbench.runs.provenance import describe_code
 from wsolbench.runs.rundir import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS, slug
 from wsolbench.scoring.metrics import METRICS, PROTOCOLS
 from wsolbench.scoring.plots import Curve, draw_pr_curves
@@ -133,6 +136,8 @@ def read_run(path: Path) -> list[dict[str, Any]]:
         "path": str(path),
         "finished": str(manifest.get("finished") or ""),
         "provided_by": json.dumps(_provided_by(results, manifest), sort_keys=True),
+        "code": describe_code(manifest.get("code")),
+        "data": _data_sha(manifest),
     }
     records = [{**base, **{m: _number(results.get(m)) for m in METRICS}, "histograms": str(path / HISTOGRAMS)}]
     crf = results.get("crf")
@@ -154,7 +159,8 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collection:
             records.extend(read_run(path))
         except _Skip as exc:
             skipped.append(Skipped(str(path), str(exc)))
-    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", *METRICS, "histograms"]
+    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", "code", "data", *METRICS,
+               "histograms"]
     runs = pd.DataFrame(records, columns=columns)
     if len(runs):  # a rerun of the same label, dataset and seed replaces the older run, CRF row included
         runs = runs.sort_values(["finished", "path"], kind="stable")
@@ -440,6 +446,50 @@ def version_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) ->
             lines.append(f"the runs of {kind} {name!r} in this table were made with different versions of its "
                          f"plug-in: {seen}; their results may not be comparable")
     return lines
+
+
+def _data_sha(manifest: dict[str, Any]) -> str:
+    data = manifest.get("data")
+    sha = data.get("sha256") if isinstance(data, dict) else None
+    return str(sha) if sha else "not recorded"
+
+
+def _tally(counts: dict[str, set[str]]) -> str:
+    return ", ".join(f"{what} ({len(paths)} run{'s' * (len(paths) > 1)})" for what, paths in sorted(counts.items()))
+
+
+def origin_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> list[str]:
+    """Lines saying when the runs of the table come from different code, or a dataset's runs from different data.
+
+    Code: the commit and uncommitted changes recorded in the manifests
+    (:func:`wsolbench.runs.provenance.describe_code`). Data: per dataset, the
+    fingerprint (:func:`wsolbench.runs.provenance.data_fingerprint`). Runs
+    that recorded neither count as one more kind. ``summary`` limits the
+    runs to its rows and datasets.
+    """
+    if summary is not None:
+        runs = runs[runs["label"].isin(summary.attrs["rows"]) & runs["dataset"].isin(summary.attrs["datasets"])]
+    runs = runs.drop_duplicates("path")
+    lines = []
+    codes: dict[str, set[str]] = {}
+    for path, code in runs[["path", "code"]].itertuples(index=False):
+        codes.setdefault(code, set()).add(path)
+    if len(codes) > 1:
+        lines.append(f"the runs in this table were made by different code: {_tally(codes)}; their differences may "
+                     f"come from the code rather than the methods")
+    for dataset, group in runs.groupby("dataset", sort=True):
+        prints: dict[str, set[str]] = {}
+        for path, sha in group[["path", "data"]].itertuples(index=False):
+            prints.setdefault(sha if sha == "not recorded" else f"fingerprint {sha[:12]}", set()).add(path)
+        if len(prints) > 1:
+            lines.append(f"the runs on dataset {dataset!r} in this table read different data: {_tally(prints)}; "
+                         f"their results may not be comparable")
+    return lines
+
+
+def table_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> list[str]:
+    """:func:`version_warnings` and :func:`origin_warnings`: what a reader of the table should know."""
+    return version_warnings(runs, summary) + origin_warnings(runs, summary)
 
 
 # -- figures --------------------------------------------------------------------

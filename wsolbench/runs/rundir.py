@@ -4,8 +4,10 @@ Files (written atomically: temp file + rename; ``metrics.jsonl`` is appended,
 one flushed line at a time):
 
 ``config.json``      the resolved configuration (file shape, see :mod:`wsolbench.config`)
-``manifest.json``    schema version, versions of wsolbench/torch/timm/plug-ins, device,
-                     seed, status (``running``, ``completed``, ``failed``, ``interrupted``),
+``manifest.json``    schema version, versions of wsolbench/torch/timm/plug-ins, the code's
+                     git commit and changes, threads, processors and deterministic settings
+                     (:mod:`wsolbench.runs.provenance`), the data's fingerprint, device, seed,
+                     status (``running``, ``completed``, ``failed``, ``interrupted``),
                      timings, peak memory, the error if any
 ``metrics.jsonl``    one JSON line per finished epoch
 ``results.json``     test metrics (percent), ``n_images``, the method's report label, the
@@ -53,6 +55,7 @@ from wsolbench import RUN_SCHEMA_VERSION, __version__
 from wsolbench.config import RunConfig
 from wsolbench.errors import UserError
 from wsolbench.plugin_host import get_host
+from wsolbench.runs import provenance
 from wsolbench.utils import append_jsonl, atomic_write_bytes, json_bytes, read_json
 
 CONFIG = "config.json"
@@ -424,7 +427,20 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def new_manifest(config: dict[str, Any], device: str, argv: list[str] | None = None) -> dict[str, Any]:
+def origin(device: Any = "cpu") -> dict[str, Any]:
+    """Where a run's numbers come from, as the manifest records it at a start and at each resume.
+
+    ``versions`` (:func:`environment`), ``code`` (the version and git state,
+    :func:`wsolbench.runs.provenance.code_state`) and ``runtime`` (threads,
+    processors, deterministic settings, :func:`wsolbench.runs.provenance.runtime`).
+    """
+    return {"versions": environment(), "code": provenance.code_state(), "runtime": provenance.runtime(device)}
+
+
+def new_manifest(
+    config: dict[str, Any], device: Any, argv: list[str] | None = None, data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A run's first manifest; ``data`` is its dataset's :func:`wsolbench.runs.provenance.data_fingerprint`."""
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "status": "running",
@@ -433,9 +449,10 @@ def new_manifest(config: dict[str, Any], device: str, argv: list[str] | None = N
         "method": config["method"]["name"],
         "dataset": config["dataset"]["name"],
         "seed": config["seed"],
-        "device": device,
+        "device": str(device),
         "command": " ".join(argv if argv is not None else sys.argv),
-        "versions": environment(),
+        **origin(device),
+        "data": data,
         "train_seconds": 0.0,
         "eval_seconds": 0.0,
         "peak_memory_mb": None,

@@ -30,12 +30,14 @@ directory. Settings apply in order: suite, dataset, run entry, command line.
 Each cell runs in a fresh interpreter (``python -m wsolbench run ...``: a crash
 or a memory leak stays in its cell) and goes to
 ``<output_dir>/<dataset>/<name>/seed-<seed>``, where ``<name>`` is the entry's
-label, or the method's name followed by its settings. A cell whose directory
+label, or the method's name followed by its settings. Before any cell starts,
+:func:`check_cells` resolves every cell's settings (``bench`` exits with
+status 2 and names the cells when one does not). A cell whose directory
 holds a completed run is skipped. An incomplete one (killed, interrupted,
 failed) continues from its last finished epoch (``wsolbench run --resume``)
 when it has one and its settings are still the cell's; otherwise it is renamed
 ``seed-<seed>.attempt-<k>`` and run again from the start. A failed cell
-(unknown method, missing data, a crash) is recorded and the grid goes on.
+(missing data, a crash) is recorded and the grid goes on.
 ``run_suite(..., jobs=N)`` runs N cells at a time. :func:`launch_local` is the
 one place that starts a run; :mod:`wsolbench.runs.slurm` submits the same command
 lines as cluster jobs instead (``bench --launcher slurm``).
@@ -247,6 +249,35 @@ def load_suite(
                 )
     suite.cells.sort(key=lambda c: datasets.index(c.dataset))
     return suite
+
+
+def check_cells(cells: Sequence[Cell]) -> None:
+    """Refuse, before anything runs, a grid with a cell whose settings do not resolve (:class:`SuiteError`).
+
+    Each cell's command line is resolved as its run would resolve it (method
+    and dataset names, every ``--set`` key and value, the checks of
+    :func:`wsolbench.config.resolve`); the error names the cells of each
+    problem in one paragraph. What only a run can find out (a missing data
+    root, a crash) still fails its own cell alone.
+    """
+    problems: dict[str, list[str]] = {}
+    for cell in cells:
+        try:
+            cell.config()
+        except UserError as exc:
+            problems.setdefault(str(exc).strip(), []).append(cell.key)
+    if not problems:
+        return
+    parts = []
+    for message, keys in problems.items():
+        shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        parts.append(f"{shown}: {message}")
+    bad = sum(len(keys) for keys in problems.values())
+    listed = "; ".join(parts)
+    raise SuiteError(
+        f"the suite cannot start: the settings of {bad} of its {len(cells)} cells do not resolve. {listed}"
+        f"{'' if listed.endswith(('.', '?', '!')) else '.'} Nothing was run: fix the suite file or the --set options."
+    )
 
 
 # -- running ----------------------------------------------------------------------

@@ -38,6 +38,7 @@ from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.config import RunConfig
 from wsolbench.errors import CheckpointError
 from wsolbench.interfaces import Method
+from wsolbench.scoring.metrics import METRICS
 from wsolbench.utils import json_bytes
 
 
@@ -45,18 +46,63 @@ def _no_best() -> dict[str, float]:
     return {"epoch": -1, "cl_error": math.inf, "loss": math.inf}
 
 
+#: the values of ``eval.select`` that score the validation maps (the others rank classification figures)
+LOCALIZATION_SELECT = ("maxboxaccv2", "pxap", "f1_neg")
+
+
+def selection_key(metrics: dict[str, Any], select: str) -> tuple[float, ...]:
+    """Model selection's order, lowest best: ``eval.select``'s validation metric (negated where higher is
+    better; a record without it ranks last), then the classification error, then the loss."""
+    rest = (metrics["cl_error"], metrics["loss"])
+    if select == "cl_error":
+        return rest
+    if select == "loss":
+        return (metrics["loss"], metrics["cl_error"])
+    value = metrics.get(select)
+    if value is None or value != value:  # noqa: PLR0124 - NaN: nothing to rank by
+        return (math.inf, *rest)
+    return (-value if METRICS[select].better == "higher" else value, *rest)
+
+
 @dataclass
 class TrainState:
-    """What the training loop carries from one epoch to the next, besides the model and optimizer."""
+    """What the training loop carries from one epoch to the next, besides the model and optimizer.
+
+    Model selection (:meth:`consider`): the validated epoch with the best
+    value of the selection metric (``eval.select``: the validation error by
+    default) is kept. On a small validation split many epochs reach the same
+    value (GlaS's 18 images: dozens of epochs at 0% error), so the rule that
+    breaks the tie decides the kept model; ``ties`` counts the validated epochs
+    at the best value so far, and the run's ``results.json`` reports it with
+    the rule (``train.select_ties``):
+
+    - ``loss``: among them, the first in the rest of :func:`selection_key`'s
+      order (for the validation error: the lowest validation loss);
+    - ``last``: the last of them (the min-max reference code's rule).
+    """
 
     next_epoch: int = 0
-    best: dict[str, float] = field(default_factory=_no_best)  #: epoch, cl_error, loss of the best validation
+    best: dict[str, float] = field(default_factory=_no_best)  #: epoch, cl_error, loss (and the selection metric)
     stale: int = 0  #: validations since the last improvement (early stopping)
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
+    ties: int = 0  #: validated epochs at the best selection value so far (the kept one among them)
 
     def stopped_early(self, patience: int) -> bool:
         return patience > 0 and self.stale >= patience
+
+    def consider(self, epoch: int, metrics: dict[str, Any], select: str = "cl_error", rule: str = "loss") -> bool:
+        """Count a validation of ``epoch``; whether it becomes the kept model under tie rule ``rule``."""
+        key, best = selection_key(metrics, select), selection_key(self.best, select)
+        if key[0] < best[0]:
+            self.ties = 1
+        elif key[0] == best[0]:
+            self.ties += 1
+        improved = key[0] <= best[0] if rule == "last" else key < best
+        if improved:
+            self.best = {"epoch": epoch, "cl_error": metrics["cl_error"], "loss": metrics["loss"],
+                         **({select: metrics[select]} if select in LOCALIZATION_SELECT else {})}
+        return improved
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -26,8 +26,8 @@ from wsolbench.data.samples import eval_collate
 from wsolbench.interfaces import Event, Logger, Method
 from wsolbench.plugin_host import PluginWarning, registry
 from wsolbench.scoring.extras import raw_rgb
-from wsolbench.scoring.scorer import Scorer
 from wsolbench.scoring.plots import Sample, overlay_grid
+from wsolbench.scoring.scorer import Scorer
 from wsolbench.training.engine import Listener, Precision, score_batch
 
 #: validation images drawn in each ``overlays_drawn`` picture, at most

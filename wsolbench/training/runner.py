@@ -3,8 +3,9 @@
 :func:`run` goes from a configuration to a completed run directory
 (:mod:`wsolbench.runs.rundir`): the dataset and method are built
 (:mod:`wsolbench.assembly`), the method is trained one epoch at a time
-(:mod:`wsolbench.training.engine`), the model with the lowest validation error (ties:
-the lower validation loss) is kept as ``best.pt`` and scored on the test split
+(:mod:`wsolbench.training.engine`), the model with the lowest validation error (ties: the
+lower validation loss, or the last such epoch with ``train.select_ties = "last"``; see
+:class:`~wsolbench.training.checkpoints.TrainState`) is kept as ``best.pt`` and scored on the test split
 (:mod:`wsolbench.scoring.outputs`). :func:`resume` continues a run that was killed,
 interrupted or stopped by an error, from its ``last.pt``
 (:mod:`wsolbench.training.checkpoints`).
@@ -38,12 +39,13 @@ from wsolbench.data.samples import check_split_labels
 from wsolbench.errors import RunInterrupted, UserError
 from wsolbench.interfaces import Dataset, Method
 from wsolbench.runs import rundir
+from wsolbench.runs.provenance import data_fingerprint
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import METRICS
 from wsolbench.scoring.outputs import results_record, write_outputs
 from wsolbench.training import distributed
 from wsolbench.training.checkpoints import (
+    LOCALIZATION_SELECT,
     TRAINING_KEYS,
     TrainState,
     as_stored_json,
@@ -70,22 +72,6 @@ from wsolbench.utils import seed_everything
 
 #: manifest statuses a run can be resumed from ("running": its process was killed)
 RESUMABLE = ("running", "interrupted", "failed")
-#: the values of ``eval.select`` that score the validation maps
-LOCALIZATION_SELECT = ("maxboxaccv2", "pxap", "f1_neg")
-
-
-def selection_key(metrics: dict[str, Any], select: str) -> tuple[float, ...]:
-    """Model selection's order, lowest best: ``eval.select``'s validation metric (negated where higher is
-    better; a record without it ranks last), then the classification error, then the loss."""
-    rest = (metrics["cl_error"], metrics["loss"])
-    if select == "cl_error":
-        return rest
-    if select == "loss":
-        return (metrics["loss"], metrics["cl_error"])
-    value = metrics.get(select)
-    if value is None or value != value:  # noqa: PLR0124 - NaN: nothing to rank by
-        return (float("inf"), *rest)
-    return (-value if METRICS[select].better == "higher" else value, *rest)
 
 
 class ResumeError(UserError):
@@ -108,8 +94,9 @@ class ResumePoint:
     checkpoint: dict[str, Any] | None
     previous_status: str = ""
 
-    def mark_running(self, argv: list[str] | None = None) -> None:
-        """Set the manifest back to ``running`` and record this resume (time, epoch, command, versions)."""
+    def mark_running(self, argv: list[str] | None = None, device: Any = "cpu", data: dict[str, Any] | None = None,
+                     ) -> None:
+        """Set the manifest back to ``running`` and record this resume (time, epoch, command, origin, data)."""
         rundir.check_free_space(self.run_dir.path, self.config.train.min_free_mb)
         resumed = self.run_dir.read_manifest().get("resumed", [])
         resumed.append({
@@ -117,7 +104,8 @@ class ResumePoint:
             "from_epoch": self.checkpoint["epoch"] + 1 if self.checkpoint else 0,
             "previous_status": self.previous_status,
             "command": " ".join(argv or []),
-            "versions": rundir.environment(),
+            **rundir.origin(device),
+            "data": data,
         })
         self.run_dir.update_manifest(status="running", finished=None, error=None, resumed=resumed)
 
@@ -263,13 +251,15 @@ def _shared_run_dir(dist: Context, create: Any) -> RunDir:
     return RunDir(path, read_only=True)
 
 
-def _create_run_dir(cfg: RunConfig, device: torch.device, argv: list[str] | None, dist: Context) -> RunDir:
+def _create_run_dir(
+    cfg: RunConfig, dataset: Dataset, device: torch.device, argv: list[str] | None, dist: Context
+) -> RunDir:
     rundir.check_free_space(cfg.output_dir, cfg.train.min_free_mb)
     name = cfg.run_name or RunDir.default_name(cfg.dataset, cfg.method, cfg.seed)
     run_dir = RunDir.create(cfg.output_dir, name)
     config_dict = cfg.to_dict()
     run_dir.write_config(config_dict)
-    manifest = rundir.new_manifest(config_dict, str(device), argv)
+    manifest = rundir.new_manifest(config_dict, device, argv, data=data_fingerprint(dataset))
     manifest["method_label"] = method_label(cfg)
     if dist.active:
         manifest["processes"] = dist.world_size
@@ -289,11 +279,11 @@ def _run(
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if resume_from is None:
-        run_dir, checkpoint = _shared_run_dir(dist, lambda: _create_run_dir(cfg, device, argv, dist)), None
+        run_dir, checkpoint = _shared_run_dir(dist, lambda: _create_run_dir(cfg, dataset, device, argv, dist)), None
     else:
         run_dir, checkpoint = resume_from.run_dir, resume_from.checkpoint
         if dist.is_main:
-            resume_from.mark_running(argv)
+            resume_from.mark_running(argv, device, data_fingerprint(dataset))
     loggers = LoggerSet(cfg.loggers if dist.is_main else [], run_dir.path, cfg.to_dict())
     try:
         results = _train_and_test(cfg, dataset, method, device, run_dir, listener, loggers, checkpoint, dist)
@@ -356,6 +346,7 @@ def _train_and_test(
     results = results_record(
         cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
         best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
+        **_selection(cfg, state),
     )
     write_outputs(run_dir, test, extras, results)
     run_dir.update_manifest(
@@ -368,6 +359,13 @@ def _train_and_test(
         best_epoch=state.best["epoch"],
     )
     return results
+
+
+def _selection(cfg: RunConfig, state: TrainState) -> dict[str, Any]:
+    """How the kept model was chosen: the epochs tied at its validation error and the rule that broke the tie."""
+    if state.best["epoch"] < 0:
+        return {}
+    return {"tied_epochs": state.ties, "tie_rule": cfg.train.select_ties}
 
 
 def _train(
@@ -420,10 +418,7 @@ def _train(
             row.update(valid_error=val.metrics["cl_error"], valid_loss=val.metrics["loss"])
             if select in LOCALIZATION_SELECT:
                 row[f"valid_{select}"] = val.metrics[select]
-            improved = selection_key(val.metrics, select) < selection_key(state.best, select)
-            if improved:
-                state.best = {"epoch": epoch, "cl_error": val.metrics["cl_error"], "loss": val.metrics["loss"],
-                              **({select: val.metrics[select]} if select in LOCALIZATION_SELECT else {})}
+            improved = state.consider(epoch, val.metrics, select, cfg.train.select_ties)
             if draw is not None:
                 draw(epoch)
         if validates:  # patience counts validations, so an epoch without one never stops the run
