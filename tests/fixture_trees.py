@@ -73,12 +73,21 @@ def cub_soft_mask(h: int, w: int, k: int) -> np.ndarray:
     return seg
 
 
+def cub_box_row(h: int, w: int, k: int) -> str:
+    """The ``bounding_boxes.txt`` values of image ``k``: the box of ``region``, as floats with fractions."""
+    top, left = 2 + k % 5, 3 + (2 * k) % 7
+    return f"{left}.0 {top}.0 {w // 2 - 0.5} {h // 2 - 0.25}"
+
+
 def make_cub(root: Path, per_class: tuple[int, int] = (5, 2), size: tuple[int, int] = (20, 30)) -> Path:
-    """CUB-200-2011: metadata files, ``images/<class>/<name>.jpg``, ``segmentations/<class>/<name>.png``."""
+    """CUB-200-2011: metadata files, ``images/<class>/<name>.jpg``, ``segmentations/<class>/<name>.png``.
+
+    ``bounding_boxes.txt`` gives each image the box of its ``region``.
+    """
     meta = root / "CUB_200_2011"
     (meta / "images").mkdir(parents=True, exist_ok=True)
     h, w = size
-    images, labels, split = [], [], []
+    images, labels, split, boxes = [], [], [], []
     n = 0
     for c, cls in enumerate(CUB_CLASSES, start=1):
         for j in range(sum(per_class)):
@@ -91,10 +100,12 @@ def make_cub(root: Path, per_class: tuple[int, int] = (5, 2), size: tuple[int, i
             images.append(f"{n} {rel}")
             labels.append(f"{n} {c}")
             split.append(f"{n} {1 if j < per_class[0] else 0}")
+            boxes.append(f"{n} {cub_box_row(h, w, n)}")
     (meta / "classes.txt").write_text("".join(f"{c} {name}\n" for c, name in enumerate(CUB_CLASSES, start=1)))
     (meta / "images.txt").write_text("\n".join(images) + "\n")
     (meta / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (meta / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    (meta / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
     return root
 
 

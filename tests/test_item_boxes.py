@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixture_trees import make_cub
+from wsolbench_plugins.datasets.cub import Cub, Cub5
+from wsolbench_plugins.datasets.synthetic import Synthetic
 
 from wsolbench.data.files import NATURAL_PAPER, NATURAL_QUICK, boxes_mask
 from wsolbench.data.samples import SampleDataset, check_annotations
@@ -139,3 +142,85 @@ def test_annotations_are_checked():
                                          {"box": torch.zeros(1, 4)}), None)
     with pytest.raises(DataError, match="unknown annotations \\['box'\\]"):
         split[0]
+
+
+# -- CUB's official boxes ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cub_tree(tmp_path_factory):
+    return make_cub(tmp_path_factory.mktemp("cub") / "cub")
+
+
+def official_rows(root) -> dict[str, list[int]]:
+    """``{image stem: inclusive box}`` read straight from the tree's files: int(x), int(y), int(x + w), int(y + h)."""
+    meta = root / "CUB_200_2011"
+    paths = dict(line.split(" ", 1) for line in (meta / "images.txt").read_text().splitlines())
+    out = {}
+    for line in (meta / "bounding_boxes.txt").read_text().splitlines():
+        number, x, y, w, h = line.split()
+        out[paths[number].rsplit(".", 1)[0]] = [int(float(x)), int(float(y)), int(float(x) + float(w)),
+                                                int(float(y) + float(h))]
+    return out
+
+
+def test_cub_items_carry_the_official_box(cub_tree):
+    rows = official_rows(cub_tree)
+    for dataset in (Cub(root=str(cub_tree)), Cub5(root=str(cub_tree), resize_short=12)):
+        for name in ("train", "valid", "test"):
+            split = dataset.split(name, train=False)
+            for i in range(len(split)):
+                item = split[i]
+                assert item["boxes"].tolist() == [rows[split.ids[i]]]
+                # the fixture's box is its segmentation's rectangle: the mask's bounding box
+                assert item["boxes"].tolist() == [mask_box(item["mask"][:, :-2])]
+
+
+def test_cub_split_files_get_the_boxes_too(cub_tree, tmp_path):
+    dataset = Cub(root=str(cub_tree))
+    rows = official_rows(cub_tree)
+    folder = tmp_path / "split"
+    folder.mkdir()
+    for name in ("train", "test"):
+        lines = [f"CUB_200_2011/images/{r.id}.jpg,segmentations/{r.id}.png,{dataset.classes[r.label]}"
+                 for r in dataset.records(name)]
+        (folder / f"{name}_s_0_f_0.csv").write_text("\n".join(lines) + "\n")
+    listed = Cub(root=str(cub_tree), split_dir=str(folder))
+    assert all(r.boxes == (tuple(rows[r.id]),) for r in listed.records("test"))
+
+
+def test_cub_without_bounding_boxes(tmp_path):
+    root = make_cub(tmp_path / "cub", per_class=(2, 1))
+    (root / "CUB_200_2011" / "bounding_boxes.txt").unlink()
+    with pytest.raises(DataError, match="missing CUB_200_2011/bounding_boxes.txt") as info:
+        Cub(root=str(root)).splits()
+    assert "dataset.boxes=false" in str(info.value)
+    segmentation_only = Cub(root=str(root), boxes=False)
+    item = segmentation_only.split("test")[0]
+    assert set(item) == {"image", "mask", "label", "index"}
+    (root / "CUB_200_2011" / "bounding_boxes.txt").write_text("1 3.0 4.0 five 6\n")
+    with pytest.raises(DataError, match="image 1 has '3.0 4.0 five 6'"):
+        Cub(root=str(root)).splits()
+    (root / "CUB_200_2011" / "bounding_boxes.txt").write_text("1 3.0 4.0 5.0 6.0\n")
+    with pytest.raises(DataError, match="no box for image 2 .* and 19 more"):
+        Cub(root=str(root)).splits()
+
+
+# -- the synthetic set's boxes --------------------------------------------------------------------
+def test_synthetic_draws_one_box_per_object():
+    dataset = Synthetic(seed=3, image_size=48, n_test=30)
+    for i in range(30):
+        image, mask, label, boxes = dataset.generate_with_boxes(2, i)
+        assert np.array_equal(dataset.generate(2, i)[1], mask)
+        assert 1 <= len(boxes) <= dataset.params["max_objects"]
+        union = boxes_mask(boxes.tolist(), 48, 48)
+        assert not (mask.astype(bool) & ~union).any()  # every object pixel is in a box
+        for x0, y0, x1, y1 in boxes:  # each box is tight: object pixels on each of its four sides
+            inside = mask[y0 : y1 + 1, x0 : x1 + 1].astype(bool)
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+    # one object: its box is the mask's bounding box, through both flips (a crop of an irregular shape
+    # can cut the box's extreme rows or columns out of the mask, so crops are tested on rectangles above)
+    single = Synthetic(seed=4, image_size=40, max_objects=1, n_train=12)
+    split = single.split("train")
+    torch.manual_seed(0)
+    for i in range(12):
+        item = split[i]
+        assert item["boxes"].tolist() == [mask_box(item["mask"])]
