@@ -320,3 +320,21 @@ def test_profiles_follow_the_paper():
         quick = config.resolve("cam-avg", name, "quick").dataset_params
         assert quick["min_short"] == 0 and quick["resize_short"] == 128
     assert config.resolve("cam-avg", "glas", "quick").dataset_params["resize_short"] == 128
+
+
+def test_valid_per_class_keeps_k_of_each_class_and_drops_the_rest(trees):
+    full = Cub(root=str(trees["cub"]))  # 5 training images per class: 1 held out per class (20%, rounded up)
+    wider = Cub(root=str(trees["cub"]), valid_fraction=0.6)  # 3 held out per class
+    few = Cub(root=str(trees["cub"]), valid_fraction=0.6, valid_per_class=2)
+    kept = few.records("valid")
+    assert [sum(r.label == c for r in kept) for c in range(len(CUB_CLASSES))] == [2] * len(CUB_CLASSES)
+    assert {r.id for r in kept} < {r.id for r in wider.records("valid")}
+    assert few.records("train") == wider.records("train") and few.records("test") == full.records("test")
+    assert all(r.boxes for r in kept)  # they keep their ground truth
+    # an official validation split (Oxford's setid.mat) is cut the same way
+    oxf = Oxf(root=str(trees["oxf"]), valid_per_class=3)  # the fixture's 8 validation images are all class 1
+    official = {r.id for r in Oxf(root=str(trees["oxf"])).records("valid")}
+    assert len(official) == 8 and len(oxf.records("valid")) == 3 and {r.id for r in oxf.records("valid")} < official
+    assert oxf.records("train") == Oxf(root=str(trees["oxf"])).records("train")
+    with pytest.raises(ConfigError, match="valid_per_class"):
+        Cub(root=str(trees["cub"]), valid_per_class=-1)

@@ -233,6 +233,16 @@ class FileDataset(Dataset):
         if problems:
             raise ConfigError("; ".join(problems))
 
+    @classmethod
+    def download_resources(cls, params: dict[str, Any]) -> tuple[Any, ...]:
+        """The files ``wsolbench data download`` fetches with these parameters (:attr:`downloads`)."""
+        return cls.downloads
+
+    @classmethod
+    def download_note(cls, params: dict[str, Any]) -> str:
+        """What the download leaves to the user, printed after it ("" when nothing)."""
+        return ""
+
     # -- what a plug-in provides -----------------------------------------------------
     def official_splits(self) -> dict[str, list[Record]]:
         """The dataset's own partition: ``train`` and ``test`` (and ``valid`` where official)."""

@@ -87,14 +87,20 @@ def train_transform(
     resize_short: int | None = None,
     min_short: int | None = None,
     reflect_pad: float = 0.0,
+    resize_to: int | None = None,
     hflip: bool = True,
     vflip: bool = False,
     jitter: Sequence[float] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Transform:
-    """Random crops and flips for training (image and mask together)."""
+    """Random crops and flips for training (image and mask together).
+
+    ``resize_to`` resizes to a square first (wsolevaluation's ``Resize((256, 256))``).
+    """
     steps: list[Any] = []
+    if resize_to:
+        steps.append(_SnapBoxes(v2.Resize((resize_to, resize_to), antialias=True)))
     if resize_short:
         steps.append(_SnapBoxes(v2.Resize(resize_short, antialias=True)))
     if min_short:
@@ -118,9 +124,15 @@ def eval_transform(
     min_short: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    resize_to: int | None = None,
 ) -> v2.Transform:
-    """Whole images for evaluation, resized like the training images; the mask keeps its original size."""
+    """Whole images for evaluation, resized like the training images; the mask keeps its original size.
+
+    ``resize_to`` resizes the image to a square (wsolevaluation's ``Resize((224, 224))``).
+    """
     steps: list[Any] = []
+    if resize_to:
+        steps.append(_ImageOnly(v2.Resize((resize_to, resize_to), antialias=True)))
     if resize_short:
         steps.append(_ImageOnly(v2.Resize(resize_short, antialias=True)))
     if min_short:
