@@ -40,8 +40,8 @@ def rectangle_item(transform, height: int, width: int, box: list[int], seed: int
 
 
 PRESETS = {
-    "quick": dict(crop_size=NATURAL_QUICK["crop_size"], resize_short=NATURAL_QUICK["resize_short"]),
-    "paper": dict(crop_size=NATURAL_PAPER["crop_size"], min_short=NATURAL_PAPER["min_short"]),
+    "quick": {"crop_size": NATURAL_QUICK["crop_size"], "resize_short": NATURAL_QUICK["resize_short"]},
+    "paper": {"crop_size": NATURAL_PAPER["crop_size"], "min_short": NATURAL_PAPER["min_short"]},
 }
 
 
@@ -208,7 +208,7 @@ def test_cub_without_bounding_boxes(tmp_path):
 def test_synthetic_draws_one_box_per_object():
     dataset = Synthetic(seed=3, image_size=48, n_test=30)
     for i in range(30):
-        image, mask, label, boxes = dataset.generate_with_boxes(2, i)
+        _, mask, _, boxes = dataset.generate_with_boxes(2, i)
         assert np.array_equal(dataset.generate(2, i)[1], mask)
         assert 1 <= len(boxes) <= dataset.params["max_objects"]
         union = boxes_mask(boxes.tolist(), 48, 48)

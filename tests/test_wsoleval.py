@@ -153,12 +153,12 @@ def test_verify_names_what_is_wrong(tmp_path, capsys):
     test_ids = [line[0] for line in rows(root, "CUB", "test", "image_ids.txt")]
     (root / "CUB" / test_ids[0]).unlink()
     Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(root / "CUB" / test_ids[1], format="JPEG")
-    code, out, err = cli(capsys, "data", "verify", "wsoleval", "--data-root", str(root))
+    code, _, err = cli(capsys, "data", "verify", "wsoleval", "--data-root", str(root))
     assert code == 2
     assert f"image not found: {root / 'CUB' / test_ids[0]}" in err
     assert "image size (5, 7) (height, width) differs from image_sizes.txt's" in err
     (root / "metadata" / "CUB" / "train" / "image_ids.txt").unlink()
-    code, out, err = cli(capsys, "data", "verify", "wsoleval", "--data-root", str(root))
+    code, _, err = cli(capsys, "data", "verify", "wsoleval", "--data-root", str(root))
     assert code == 2 and "missing metadata/CUB/train/image_ids.txt" in err
 
 

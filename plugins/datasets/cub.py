@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from wsolbench.data.samples import Record
-from wsolbench.data.files import NATURAL_PAPER, NATURAL_QUICK, FileDataset, gray_mask
 from wsolbench.data.download import Resource
+from wsolbench.data.files import NATURAL_PAPER, NATURAL_QUICK, FileDataset, gray_mask
+from wsolbench.data.samples import Record
 from wsolbench.errors import DataError
 
 META = "CUB_200_2011"

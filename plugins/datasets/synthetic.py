@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from wsolbench.data.samples import SampleDataset
+from wsolbench.data.transforms import eval_transform, train_transform
 from wsolbench.errors import ConfigError
 from wsolbench.interfaces import Dataset
-from wsolbench.data.transforms import eval_transform, train_transform
 
 _SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 
