@@ -338,3 +338,11 @@ def test_valid_per_class_keeps_k_of_each_class_and_drops_the_rest(trees):
     assert oxf.records("train") == Oxf(root=str(trees["oxf"])).records("train")
     with pytest.raises(ConfigError, match="valid_per_class"):
         Cub(root=str(trees["cub"]), valid_per_class=-1)
+
+
+def test_train_on_valid_is_the_few_shot_split(trees):
+    fsl = Cub(root=str(trees["cub"]), valid_fraction=0.6, valid_per_class=2, train_on_valid=True)
+    assert fsl.records("train") == fsl.records("valid") and len(fsl.records("train")) == 2 * len(CUB_CLASSES)
+    assert fsl.records("test") == Cub(root=str(trees["cub"])).records("test")
+    item = fsl.split("train")[0]
+    assert item["image"].shape == (3, 480, 480) and "boxes" in item  # training transforms, ground truth kept

@@ -10,7 +10,8 @@ foreground mask (:meth:`FileDataset.read_mask`); this module does the rest:
   rounded up, drawn with ``split_seed`` (the paper's 20% per class), or the
   dataset's official one; ``valid_per_class = K`` keeps K images of each class
   in it (the few-shot fully supervised validation split of Choe et al., CVPR
-  2020) and leaves the rest unused;
+  2020) and leaves the rest unused; ``train_on_valid`` trains on that split
+  alone (their "FSL baseline", with a fully supervised method);
 - items with boxes and ignore regions where the records carry them
   (:class:`~wsolbench.data.samples.Record`);
 - the reference split files (``split_dir``): CSV rows ``image,mask,label`` with
@@ -201,6 +202,7 @@ class FileDataset(Dataset):
         "split_seed": 0,  #: seed of the random hold-outs and max_per_class (fixed: every run sees the same split)
         "max_per_class": 0,  #: keep at most this many images of each class in every split (0: all)
         "valid_per_class": 0,  #: keep this many images of each class in the validation split, drop the rest (0: all)
+        "train_on_valid": False,  #: train on the validation split alone (the FSL baseline of Choe et al.)
         "cache_images": 1000,  #: keep decoded images in memory for splits of at most this many images
         "normalize": "half",  #: "half" (mean = std = 0.5, the paper) or "imagenet"
         "crop_size": 480,  #: training crop (0: whole images)
@@ -315,6 +317,8 @@ class FileDataset(Dataset):
                 splits = {"train": train, "valid": valid, "test": splits["test"]}
             if p["valid_per_class"]:
                 splits = {**splits, "valid": limit_per_class(splits["valid"], p["valid_per_class"], p["split_seed"])}
+            if p["train_on_valid"]:
+                splits = {**splits, "train": list(splits["valid"])}
             if p["max_per_class"]:
                 splits = {k: limit_per_class(v, p["max_per_class"], p["split_seed"]) for k, v in splits.items()}
             self._splits = {k: splits[k] for k in SPLITS}
