@@ -146,6 +146,9 @@ def test_verify_command(trees, tmp_path, capsys, name):
                          "--set", f"dataset.dataset_name={name}")
     assert code == 0, err
     assert "27 images, 3 classes" in out and "images and their masks open" in out
+    code, out, err = cli(capsys, "data", "verify", "wsoleval", "--data-root", str(trees[name]),
+                         "--set", f"dataset.dataset_name={name}", "--set", "dataset.valid_per_class=2")
+    assert code == 0 and "train 9 / valid 6 / test 9" in out and "2 validation images per class" in out
 
 
 def test_verify_names_what_is_wrong(tmp_path, capsys):

@@ -78,6 +78,10 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
     else:
         how = (f"validation = {p['valid_fraction']:.0%} of each class's training images, rounded up, "
                f"split seed {p['split_seed']}")
+    if p.get("valid_per_class"):
+        how += f", {p['valid_per_class']} validation images per class"
+    if p.get("train_on_valid"):
+        how += ", training on the validation split"
     if p["max_per_class"]:
         how += f", at most {p['max_per_class']} images per class"
     out.print(f"Runs use {sizes} ({how}).")
