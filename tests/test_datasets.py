@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ from wsolbench.data.files import (
     stratified_holdout,
     verify,
 )
-from wsolbench.data.samples import Record, eval_collate
+from wsolbench.data.samples import Record, eval_collate, join_under, resolve_under
 from wsolbench.errors import ConfigError, DataError
 
 
@@ -96,6 +97,14 @@ def test_safe_path_refuses_escapes(tmp_path):
             safe_path(tmp_path, bad, "split.csv")
     with pytest.raises(DataError, match="^split.csv: "):
         safe_path(tmp_path, "../y.png", "split.csv")
+
+
+def test_join_under_is_resolve_under_at_string_speed(tmp_path):
+    for relative in ("a/b.png", "train/n01440764/n01440764_10026.JPEG", "a/x..y.png", "a/./b.png", "a/b/../c.png"):
+        assert Path(join_under(tmp_path, relative)) == resolve_under(tmp_path, relative)
+    for bad in ("../x.png", "a/../../x.png", "/etc/passwd"):
+        with pytest.raises(DataError, match="leaves the data root|is absolute"):
+            join_under(tmp_path, bad)
 
 
 # -- GlaS -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ when one cannot be read.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -223,6 +224,24 @@ def resolve_under(root: str | os.PathLike, relative: str | os.PathLike, what: st
     if os.path.commonpath([base, joined]) != base:
         raise DataError(f"{what} path {str(relative)!r} leaves the data root {root}")
     return Path(joined)
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute(root: str) -> str:
+    return os.path.abspath(root)
+
+
+def join_under(root: str | os.PathLike, relative: str, what: str = "file") -> str:
+    """``str(resolve_under(root, relative))`` at string speed for the plain case.
+
+    A relative path without ``..`` cannot leave the root, so it is joined as
+    text (listing ImageNet's 1.28 million training images this way takes a
+    fraction of a second instead of a minute); anything else goes through
+    :func:`resolve_under`.
+    """
+    if relative and relative[0] not in "/\\" and relative[1:2] != ":" and ".." not in relative:
+        return f"{_absolute(os.fspath(root))}{os.sep}{relative}"
+    return str(resolve_under(root, relative, what))
 
 
 def train_collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
