@@ -32,6 +32,9 @@ are resized to it with nearest-neighbour sampling, as wsolevaluation's
 ``cv2.INTER_NEAREST`` does. Training images without localization have an
 empty mask and no boxes.
 
+Item ids are the lines of ``image_ids.txt`` verbatim (extension included), the
+names wsolevaluation's code gives score maps (``<image_id>.npy``).
+
 The metadata is wsolevaluation's (MIT licence) and is not part of wsolbench:
 ``wsolbench data download wsoleval --set dataset.dataset_name=NAME --dest ROOT``
 fetches it, pinned to one commit and checked file by file against the git
