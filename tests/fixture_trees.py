@@ -73,12 +73,21 @@ def cub_soft_mask(h: int, w: int, k: int) -> np.ndarray:
     return seg
 
 
+def cub_box_row(h: int, w: int, k: int) -> str:
+    """The ``bounding_boxes.txt`` values of image ``k``: the box of ``region``, as floats with fractions."""
+    top, left = 2 + k % 5, 3 + (2 * k) % 7
+    return f"{left}.0 {top}.0 {w // 2 - 0.5} {h // 2 - 0.25}"
+
+
 def make_cub(root: Path, per_class: tuple[int, int] = (5, 2), size: tuple[int, int] = (20, 30)) -> Path:
-    """CUB-200-2011: metadata files, ``images/<class>/<name>.jpg``, ``segmentations/<class>/<name>.png``."""
+    """CUB-200-2011: metadata files, ``images/<class>/<name>.jpg``, ``segmentations/<class>/<name>.png``.
+
+    ``bounding_boxes.txt`` gives each image the box of its ``region``.
+    """
     meta = root / "CUB_200_2011"
     (meta / "images").mkdir(parents=True, exist_ok=True)
     h, w = size
-    images, labels, split = [], [], []
+    images, labels, split, boxes = [], [], [], []
     n = 0
     for c, cls in enumerate(CUB_CLASSES, start=1):
         for j in range(sum(per_class)):
@@ -91,10 +100,12 @@ def make_cub(root: Path, per_class: tuple[int, int] = (5, 2), size: tuple[int, i
             images.append(f"{n} {rel}")
             labels.append(f"{n} {c}")
             split.append(f"{n} {1 if j < per_class[0] else 0}")
+            boxes.append(f"{n} {cub_box_row(h, w, n)}")
     (meta / "classes.txt").write_text("".join(f"{c} {name}\n" for c, name in enumerate(CUB_CLASSES, start=1)))
     (meta / "images.txt").write_text("\n".join(images) + "\n")
     (meta / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (meta / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    (meta / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
     return root
 
 
@@ -151,4 +162,77 @@ def make_folder(root: Path, classes=("cat", "dog"), per_class: int = 5, splits: 
             Image.fromarray(noise_image(h, w, k)).save(img_dir / f"img{j}.jpg", quality=95)
             scale = 1 if c == 0 else 255
             Image.fromarray((region(h, w, k) * scale).astype(np.uint8), mode="L").save(mask_dir / f"img{j}.png")
+    return root
+
+
+# -- wsolevaluation's metadata layout --------------------------------------------------------------
+def _write_rows(path: Path, rows: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{row}\n" for row in rows))
+
+
+def _wsol_image_paths(name: str, split: str, label: int, j: int) -> str:
+    """Image paths the way each dataset's metadata names them."""
+    if name == "CUB":
+        return f"{label + 1:03d}.Bird_{label}/Bird_{label}_{split}_{j}.jpg"
+    if name == "ILSVRC":
+        if split == "train":
+            return f"train/n0000000{label}/n0000000{label}_{j}.JPEG"
+        if split == "val":
+            return f"val2/{label}/{j}.jpeg"
+        return f"val/ILSVRC2012_val_{label:04d}{j:04d}.JPEG"
+    return f"{split}/0cls{label}/{label:02d}{j:02d}abcdef.jpg"
+
+
+def make_wsoleval(root: Path, name: str, classes: int = 3, per_class: int = 3) -> Path:
+    """``metadata/<name>/train|val|test`` and the images (and OpenImages' masks) below ``root/<name>``.
+
+    Image ``k`` is ``(18 + k % 5) x (24 + k % 7)``. CUB and ILSVRC: box
+    ``region``'s rectangle, and a second box on every third image of val/test
+    (ILSVRC's train split has no localization, as the real one). OpenImages:
+    one or two instance masks per val/test image (the second at half
+    resolution on every second image) and an ignore file on the first line.
+    """
+    images = root / name
+    k = 0
+    for split in ("train", "val", "test"):
+        ids, labels, sizes, localization = [], [], [], []
+        for label in range(classes):
+            for j in range(per_class):
+                k += 1
+                h, w = 18 + k % 5, 24 + k % 7
+                rel = _wsol_image_paths(name, split, label, j)
+                (images / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(noise_image(h, w, k)).save(images / rel, format="JPEG", quality=95)
+                ids.append(rel)
+                labels.append(f"{rel},{label}")
+                if name != "OpenImages" and not (name == "ILSVRC" and split == "train"):
+                    sizes.append(f"{rel},{w},{h}")
+                labelled = split != "train" or name == "CUB"
+                if not labelled:
+                    continue
+                top, left = 2 + k % 5, 3 + (2 * k) % 7
+                if name != "OpenImages":
+                    localization.append(f"{rel},{left},{top},{left + w // 2 - 1},{top + h // 2 - 1}")
+                    if k % 3 == 0:
+                        localization.append(f"{rel},0,{h - 3},{w // 3},{h - 1}")
+                    continue
+                stem = rel[: -len(".jpg")]
+                first = np.zeros((h, w), np.uint8)
+                first[region(h, w, k)] = 255
+                Image.fromarray(first, mode="L").save(images / f"{stem}_m0cls{label}_a1.png")
+                ignore = np.zeros((h, w), np.uint8)
+                ignore[:, : w // 2] = 255  # a box overlapping the object: only its part outside the object counts
+                Image.fromarray(ignore, mode="L").save(images / f"{stem}_ignore.png")
+                localization.append(f"{rel},{stem}_m0cls{label}_a1.png,{stem}_ignore.png")
+                if k % 2 == 0:
+                    second = np.zeros((h // 2 * 2, w // 2 * 2), np.uint8)
+                    second[-4:, -6:] = 1
+                    Image.fromarray(second[::2, ::2] * 255, mode="L").save(images / f"{stem}_m0cls{label}_b2.png")
+                    localization.append(f"{rel},{stem}_m0cls{label}_b2.png,")
+        folder = root / "metadata" / name / split
+        _write_rows(folder / "image_ids.txt", ids)
+        _write_rows(folder / "class_labels.txt", labels)
+        _write_rows(folder / "image_sizes.txt", sizes)
+        _write_rows(folder / "localization.txt", localization)
     return root

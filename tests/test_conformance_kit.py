@@ -127,6 +127,18 @@ class RaggedTraining(Synthetic):
         return [{**items[i], "image": items[i]["image"][:, i:, :]} for i in range(len(items))]
 
 
+class BoxesOutside(Synthetic):
+    def split(self, name: str, train: bool | None = None) -> Any:
+        items = super().split(name, train)
+        return [{**items[i], "boxes": items[i]["boxes"] + 1000} for i in range(len(items))]
+
+
+class FloatIgnore(Synthetic):
+    def split(self, name: str, train: bool | None = None) -> Any:
+        items = super().split(name, train)
+        return [{**items[i], "ignore": items[i]["mask"]} for i in range(len(items))]
+
+
 @pytest.fixture
 def registered(monkeypatch):
     """Register ``cls`` under ``name`` in the ``kind`` registry for one test."""
@@ -175,7 +187,9 @@ def test_check_pooling_names_what_is_wrong(registered, cls, message):
 def test_check_dataset_passes_the_synthetic_set_and_names_what_is_wrong(registered):
     check_dataset(registered("dataset", "fine", Synthetic), **SMALL)
     for cls, message in [(LyingLabels, "but split_labels says"), (SoftMasks, "mask values must be 0 or 1"),
-                         (RaggedTraining, "training items of split 'train' differ in size")]:
+                         (RaggedTraining, "training items of split 'train' differ in size"),
+                         (BoxesOutside, "boxes must be inclusive (x0, y0, x1, y1)"),
+                         (FloatIgnore, "ignore must be a bool tensor")]:
         with pytest.raises(AssertionError, match=f"dataset 'broken'.*{re.escape(message)}"):
             check_dataset(registered("dataset", "broken", cls), **SMALL)
 

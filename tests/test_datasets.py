@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ from wsolbench.data.files import (
     stratified_holdout,
     verify,
 )
-from wsolbench.data.samples import Record, eval_collate
+from wsolbench.data.samples import Record, eval_collate, join_under, resolve_under
 from wsolbench.errors import ConfigError, DataError
 
 
@@ -96,6 +97,14 @@ def test_safe_path_refuses_escapes(tmp_path):
             safe_path(tmp_path, bad, "split.csv")
     with pytest.raises(DataError, match="^split.csv: "):
         safe_path(tmp_path, "../y.png", "split.csv")
+
+
+def test_join_under_is_resolve_under_at_string_speed(tmp_path):
+    for relative in ("a/b.png", "train/n01440764/n01440764_10026.JPEG", "a/x..y.png", "a/./b.png", "a/b/../c.png"):
+        assert Path(join_under(tmp_path, relative)) == resolve_under(tmp_path, relative)
+    for bad in ("../x.png", "a/../../x.png", "/etc/passwd"):
+        with pytest.raises(DataError, match="leaves the data root|is absolute"):
+            join_under(tmp_path, bad)
 
 
 # -- GlaS -----------------------------------------------------------------------------------
@@ -320,3 +329,29 @@ def test_profiles_follow_the_paper():
         quick = config.resolve("cam-avg", name, "quick").dataset_params
         assert quick["min_short"] == 0 and quick["resize_short"] == 128
     assert config.resolve("cam-avg", "glas", "quick").dataset_params["resize_short"] == 128
+
+
+def test_valid_per_class_keeps_k_of_each_class_and_drops_the_rest(trees):
+    full = Cub(root=str(trees["cub"]))  # 5 training images per class: 1 held out per class (20%, rounded up)
+    wider = Cub(root=str(trees["cub"]), valid_fraction=0.6)  # 3 held out per class
+    few = Cub(root=str(trees["cub"]), valid_fraction=0.6, valid_per_class=2)
+    kept = few.records("valid")
+    assert [sum(r.label == c for r in kept) for c in range(len(CUB_CLASSES))] == [2] * len(CUB_CLASSES)
+    assert {r.id for r in kept} < {r.id for r in wider.records("valid")}
+    assert few.records("train") == wider.records("train") and few.records("test") == full.records("test")
+    assert all(r.boxes for r in kept)  # they keep their ground truth
+    # an official validation split (Oxford's setid.mat) is cut the same way
+    oxf = Oxf(root=str(trees["oxf"]), valid_per_class=3)  # the fixture's 8 validation images are all class 1
+    official = {r.id for r in Oxf(root=str(trees["oxf"])).records("valid")}
+    assert len(official) == 8 and len(oxf.records("valid")) == 3 and {r.id for r in oxf.records("valid")} < official
+    assert oxf.records("train") == Oxf(root=str(trees["oxf"])).records("train")
+    with pytest.raises(ConfigError, match="valid_per_class"):
+        Cub(root=str(trees["cub"]), valid_per_class=-1)
+
+
+def test_train_on_valid_is_the_few_shot_split(trees):
+    fsl = Cub(root=str(trees["cub"]), valid_fraction=0.6, valid_per_class=2, train_on_valid=True)
+    assert fsl.records("train") == fsl.records("valid") and len(fsl.records("train")) == 2 * len(CUB_CLASSES)
+    assert fsl.records("test") == Cub(root=str(trees["cub"])).records("test")
+    item = fsl.split("train")[0]
+    assert item["image"].shape == (3, 480, 480) and "boxes" in item  # training transforms, ground truth kept

@@ -202,7 +202,12 @@ class Dataset:
     ``{"image": (3,H,W) float, "label": int, "mask": (1,H',W') float, "index": int}``.
     Training items are random crops and flips of equal size; evaluation items
     are whole images (their masks at the original resolution, which can differ
-    from the image's when the evaluation transform resizes it).
+    from the image's when the evaluation transform resizes it). Items may add
+    ``"boxes"``, int64 ``(K, 4)`` ground-truth boxes ``(x0, y0, x1, y1)``,
+    inclusive pixel coordinates in the mask's frame (without them, scoring
+    takes one box per connected component of the mask), and ``"ignore"``, a
+    bool tensor of the mask's shape whose pixels the pixel metrics leave out;
+    ``wsolbench.data.samples.SampleDataset`` makes both follow the transforms.
     """
 
     #: one line for ``wsolbench list``, read from the source: keep it a string literal

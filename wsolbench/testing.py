@@ -337,3 +337,22 @@ def _check_item(item: Any, index: int, label: int, what: str) -> None:
     assert bool(((mask == 0) | (mask == 1)).all()), f"{what}: mask values must be 0 or 1"
     assert int(item["label"]) == label, f"{what}: label {int(item['label'])} but split_labels says {label}"
     assert int(item["index"]) == index, f"{what}: index {int(item['index'])}, expected its position {index}"
+    if "boxes" in item:
+        boxes = item["boxes"]
+        assert isinstance(boxes, Tensor) and boxes.dtype == torch.int64 and boxes.dim() == 2 and boxes.shape[1] == 4, (
+            f"{what}: boxes must be an int64 tensor (K, 4), got {getattr(boxes, 'dtype', type(boxes))} "
+            f"{tuple(getattr(boxes, 'shape', ()))}"
+        )
+        height, width = mask.shape[-2:]
+        inside = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] < width) & (boxes[:, 3] < height)
+        ordered = (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])
+        assert bool((inside & ordered).all()), (
+            f"{what}: boxes must be inclusive (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1 inside the "
+            f"{width} x {height} mask, got {boxes.tolist()}"
+        )
+    if "ignore" in item:
+        ignore = item["ignore"]
+        assert isinstance(ignore, Tensor) and ignore.dtype == torch.bool and ignore.shape == mask.shape, (
+            f"{what}: ignore must be a bool tensor of the mask's shape {tuple(mask.shape)}, got "
+            f"{getattr(ignore, 'dtype', type(ignore))} {tuple(getattr(ignore, 'shape', ()))}"
+        )

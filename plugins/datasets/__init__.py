@@ -13,3 +13,4 @@ def wsolbench_register_datasets(register):
     register("cub5", f"{_HERE}.cub:Cub5")
     register("oxf", f"{_HERE}.oxf:Oxf")
     register("folder", f"{_HERE}.folder:Folder")
+    register("wsoleval", f"{_HERE}.wsoleval:WsolEval")

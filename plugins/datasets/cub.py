@@ -3,10 +3,23 @@
 11,788 images of 200 bird species with the official ``train_test_split.txt``
 (5,994 train / 5,794 test) and one segmentation per image (the separate
 ``segmentations.tgz``), a grey-level PNG whose foreground is value > 127.5.
+
+Each image also has one bird box in the official ``bounding_boxes.txt`` (rows
+``<image id> <x> <y> <width> <height>``, floats in pixels, ids as in
+``images.txt``). Items carry it as the inclusive pixel box
+``(int(x), int(y), int(x + width), int(y + height))``, the conversion behind
+wsolevaluation's ``metadata/CUB/*/localization.txt`` (its first test row,
+``Black_Footed_Albatross_0046_18.jpg,60,27,385,331``, is the official
+``60.0 27.0 325.0 304.0``), so box metrics score against the same boxes as
+published CUB numbers. The file is part of ``CUB_200_2011.tgz`` and required
+by default; ``dataset.boxes = false`` drops it for segmentation-only use, and
+box metrics then use one box per connected component of the mask, which are
+not the official boxes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +32,7 @@ from wsolbench.errors import DataError
 
 META = "CUB_200_2011"
 METADATA = ("classes.txt", "images.txt", "image_class_labels.txt", "train_test_split.txt")
+BOXES = "bounding_boxes.txt"
 
 #: the paper's CUB5 classes
 CUB5_CLASSES = [
@@ -28,6 +42,25 @@ CUB5_CLASSES = [
     "171.Myrtle_Warbler",
     "178.Swainson_Warbler",
 ]
+
+
+def box_from_xywh(x: float, y: float, width: float, height: float) -> tuple[int, int, int, int]:
+    """An official CUB box ``x y w h`` (floats) as the inclusive pixel box wsolevaluation's metadata stores."""
+    return int(x), int(y), int(x + width), int(y + height)
+
+
+def read_boxes(path: Path) -> dict[int, tuple[int, int, int, int]]:
+    """``{image id: inclusive pixel box}`` of ``bounding_boxes.txt``."""
+    boxes = {}
+    for image_id, value in read_pairs(path).items():
+        try:
+            x, y, width, height = (float(v) for v in value.split())
+        except ValueError:
+            raise DataError(f"{path}: image {image_id} has {value!r}, expected '<x> <y> <width> <height>'") from None
+        if width < 0 or height < 0 or x < 0 or y < 0:
+            raise DataError(f"{path}: image {image_id} has a box with negative coordinates or size: {value!r}")
+        boxes[image_id] = box_from_xywh(x, y, width, height)
+    return boxes
 
 
 def read_pairs(path: Path) -> dict[int, str]:
@@ -55,6 +88,7 @@ class Cub(FileDataset):
     layout = """\
   CUB_200_2011/             the official CUB_200_2011.tgz, extracted
     classes.txt  images.txt  image_class_labels.txt  train_test_split.txt
+    bounding_boxes.txt      (not needed with --set dataset.boxes=false)
     images/001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg ...
   segmentations/            the official segmentations.tgz, extracted
     001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.png ..."""
@@ -72,6 +106,7 @@ class Cub(FileDataset):
         **FileDataset.defaults,
         **NATURAL_PAPER,
         "class_subset": [],  #: class names to keep, such as "019.Gray_Catbird" ([]: all 200)
+        "boxes": True,  #: read the official bounding_boxes.txt (false: segmentation only, no file needed)
     }
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         # two images per class and split: 400 / 400 / 400 images
@@ -95,7 +130,36 @@ class Cub(FileDataset):
         return inside if inside.is_dir() and not beside.is_dir() else beside
 
     def required_paths(self) -> list[Path]:
-        return [self.meta_dir / name for name in METADATA] + [self.meta_dir / "images", self.segmentations_dir]
+        boxes = [self.meta_dir / BOXES] if self.params["boxes"] else []
+        return [self.meta_dir / name for name in METADATA] + boxes + [self.meta_dir / "images", self.segmentations_dir]
+
+    def official_boxes(self) -> dict[str, tuple[int, int, int, int]] | None:
+        """``{record id: box}`` from ``bounding_boxes.txt``; ``None`` with ``dataset.boxes = false``."""
+        if not self.params["boxes"]:
+            return None
+        if not hasattr(self, "_boxes"):
+            if not (self.meta_dir / BOXES).is_file():
+                raise DataError(
+                    f"{self.meta_dir / BOXES} is missing: it comes with CUB_200_2011.tgz and holds the boxes of the "
+                    f"box metrics; use --set dataset.boxes=false to run on the segmentations alone"
+                )
+            by_number = read_boxes(self.meta_dir / BOXES)
+            paths = read_pairs(self.meta_dir / "images.txt")
+            missing = sorted(set(paths) - set(by_number))
+            if missing:
+                raise DataError(
+                    f"{self.meta_dir / BOXES} has no box for image {missing[0]} ({paths[missing[0]]})"
+                    f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; use --set dataset.boxes=false "
+                    f"to run without boxes"
+                )
+            self._boxes = {Path(rel).with_suffix("").as_posix(): by_number[n] for n, rel in paths.items()}
+        return self._boxes
+
+    def with_boxes(self, records: list[Record]) -> list[Record]:
+        boxes = self.official_boxes()
+        if boxes is None:
+            return records
+        return [replace(r, boxes=(boxes[r.id],)) if r.id in boxes else r for r in records]
 
     # -- classes -------------------------------------------------------------------------
     def all_classes(self) -> list[str]:
@@ -143,7 +207,11 @@ class Cub(FileDataset):
                 id=stem.as_posix(),
             )
             splits["train" if is_train[image_id].strip() == "1" else "test"].append(record)
-        return splits
+        return {name: self.with_boxes(records) for name, records in splits.items()}
+
+    def listed_splits(self, files: dict[str, Path]) -> dict[str, list[Record]]:
+        """Split files' records, with their official boxes (matched by image path)."""
+        return {name: self.with_boxes(records) for name, records in super().listed_splits(files).items()}
 
     def listed_candidates(self, relative: str) -> list[str]:
         """Split files name ``CUB_200_2011/images/...`` and ``segmentations/...`` below the root."""

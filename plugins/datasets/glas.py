@@ -6,6 +6,9 @@
 official BMP release; 0/255 PNG copies are accepted too (gland = non-zero).
 Image-level labels come from ``Grade.csv``, whose header and values carry
 leading spaces (``name,patient ID, grade (GlaS), ...`` / ``testA_1,4, benign, ...``).
+
+GlaS has no boxes of its own: items carry none, and box metrics take one
+ground-truth box per connected component of the gland mask (each gland).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ background pure blue (0, 0, 254); everything else is flower. Being JPEGs, the
 blue is only approximately that, hence ``blue_tolerance``. Grey-level mask
 files (the reference implementation's binarised ``segmim_bin``) are read as
 flower = value > 127.5.
+
+Oxford Flowers has no boxes of its own: items carry none, and box metrics take
+one ground-truth box per connected component of the flower mask.
 """
 
 from __future__ import annotations

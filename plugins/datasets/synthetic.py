@@ -7,7 +7,9 @@ GlaS). Objects of class ``k`` carry stripes of period ``p_k`` pixels, spaced
 geometrically between 3 and 10 pixels across the classes; the orientation and
 the two colours of the stripes are random per object, so the stripe period is
 the only class cue and it is found only on the objects. The mask is the exact
-union of the objects.
+union of the objects, and each object has its own ground-truth box, the
+bounding box of its pixels (overlapping objects keep one box each), so every
+box metric runs offline.
 
 Image ``i`` of a split depends only on ``(seed, split, i)``; labels cycle
 through the classes (balanced splits).
@@ -85,12 +87,13 @@ class Synthetic(Dataset):
             transform = self.evaluation_transform()
         code = _SPLIT_CODES[name]
 
-        def load(i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-            image, mask, label = self.generate(code, i)
+        def load(i: int) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, torch.Tensor]]:
+            image, mask, label, boxes = self.generate_with_boxes(code, i)
             return (
                 torch.from_numpy(image).permute(2, 0, 1).contiguous(),
                 torch.from_numpy(mask)[None],
                 label,
+                {"boxes": torch.from_numpy(boxes)},
             )
 
         n = self._size(name)
@@ -103,6 +106,10 @@ class Synthetic(Dataset):
     # -- generation ---------------------------------------------------------
     def generate(self, split_code: int, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """``(image uint8 HxWx3, mask uint8 HxW in {0,1}, label)`` of one sample."""
+        return self.generate_with_boxes(split_code, index)[:3]
+
+    def generate_with_boxes(self, split_code: int, index: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+        """:meth:`generate` and the objects' boxes: int64 ``(K, 4)``, inclusive ``(x0, y0, x1, y1)``, one per object."""
         p = self.params
         size = int(p["image_size"])
         rng = np.random.default_rng([self.seed, split_code, index])
@@ -118,8 +125,12 @@ class Synthetic(Dataset):
             image = np.where(blob[..., None], tex, image)
 
         mask = np.zeros((size, size), dtype=bool)
+        boxes = []
         for _ in range(rng.integers(p["min_objects"], p["max_objects"] + 1)):
             blob = _blob(rng, xx, yy, size)
+            ys, xs = np.nonzero(blob)
+            if len(xs):
+                boxes.append((xs.min(), ys.min(), xs.max(), ys.max()))
             theta = rng.uniform(0, np.pi)
             phase = rng.uniform(0, 2 * np.pi)
             period = self.periods[label]
@@ -131,7 +142,7 @@ class Synthetic(Dataset):
 
         image = image + rng.normal(0.0, p["noise"], image.shape)
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return image, mask.astype(np.uint8), label
+        return image, mask.astype(np.uint8), label, np.array(boxes, dtype=np.int64).reshape(-1, 4)
 
 
 def _smooth_field(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -78,6 +78,10 @@ def verify_cmd(name: str, data_root: str, sets: tuple[str, ...], workers: int | 
     else:
         how = (f"validation = {p['valid_fraction']:.0%} of each class's training images, rounded up, "
                f"split seed {p['split_seed']}")
+    if p.get("valid_per_class"):
+        how += f", {p['valid_per_class']} validation images per class"
+    if p.get("train_on_valid"):
+        how += ", training on the validation split"
     if p["max_per_class"]:
         how += f", at most {p['max_per_class']} images per class"
     out.print(f"Runs use {sizes} ({how}).")
@@ -118,15 +122,25 @@ def _table(classes: list[str], counts: dict[str, Any]) -> Any:
 @click.option("--dest", type=click.Path(file_okay=False), required=True,
               help="Folder to download into; it becomes the --data-root.")
 @click.option("--mirror", default=None, metavar="URL", help="Fetch <URL>/<file name> instead of the official URLs.")
-def download_cmd(name: str, dest: str, mirror: str | None) -> None:
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A dataset parameter that decides the files, e.g. --set dataset.dataset_name=ILSVRC for wsoleval.")
+def download_cmd(name: str, dest: str, mirror: str | None, sets: tuple[str, ...]) -> None:
     """Download and extract the official files of dataset NAME into DEST.
 
-    Checks each file's MD5, resumes partial downloads and skips files already
-    there. Datasets without a public download (GlaS) say where to get them.
+    Checks each file's checksum, resumes partial downloads and skips files
+    already there. Datasets without a public download (GlaS) say where to get
+    them.
     """
     entry = registry("dataset").get(name)
     cls = entry.resolve()
     resources = getattr(cls, "downloads", ())
+    note = ""
+    if hasattr(cls, "download_resources"):
+        params = config.resolve(dataset=entry.name, profile="paper", options={"data_root": dest},
+                                sets=list(sets)).dataset_params
+        resources, note = cls.download_resources(params), cls.download_note(params)
+    elif sets:
+        raise DataError(f"dataset {entry.name!r} takes no --set for its download")
     if not resources:
         if not getattr(cls, "needs_root", True):
             raise DataError(f"dataset {entry.name!r} is generated on the fly: there is nothing to download.")
@@ -145,3 +159,5 @@ def download_cmd(name: str, dest: str, mirror: str | None) -> None:
             if resource.extract and extract(target / resource.filename, target):
                 progress.console.print(f"{resource.filename}: extracted")
     out.print(f"[green]{entry.name} is in {target}[/green]: use --data-root {target}")
+    if note:
+        out.print(note, highlight=False)

@@ -26,20 +26,43 @@ CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class Resource:
-    """One official file: where it is, its name on disk, its MD5 and whether it is an archive to extract."""
+    """One official file: where it is, its name on disk, its checksum and whether it is an archive to extract.
+
+    ``filename`` may hold folders (``metadata/CUB/val/image_ids.txt``); the
+    checksum is the file's MD5, or, for files published in a git repository,
+    its git blob SHA-1 (``git_sha1``, what the repository's tree lists).
+    """
 
     url: str
     filename: str
-    md5: str
+    md5: str = ""
     extract: bool = False
+    git_sha1: str = ""
 
     def source(self, mirror: str | None = None) -> str:
         """The URL to fetch: the official one, or ``<mirror>/<filename>``."""
         return f"{mirror.rstrip('/')}/{self.filename}" if mirror else self.url
 
+    @property
+    def checksum(self) -> tuple[str, str]:
+        """``(name, expected value)`` of the checksum this file is checked with."""
+        return ("git blob SHA-1", self.git_sha1) if self.git_sha1 else ("MD5", self.md5)
+
+    def digest(self, path: Path) -> str:
+        return git_blob_sha1(path) if self.git_sha1 else md5sum(path)
+
 
 def md5sum(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The SHA-1 git gives a file's content: ``sha1(b"blob <size>\\0" + content)``."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -51,13 +74,14 @@ def fetch(resource: Resource, dest: Path, progress: Any = None, mirror: str | No
 
     ``progress`` is a :class:`rich.progress.Progress` (or ``None``).
     """
-    dest.mkdir(parents=True, exist_ok=True)
     final = dest / resource.filename
+    final.parent.mkdir(parents=True, exist_ok=True)
+    kind, expected = resource.checksum
     if final.exists():
-        if md5sum(final) == resource.md5:
+        if resource.digest(final) == expected:
             return False
         raise DataError(
-            f"{final} exists but its MD5 is not the official {resource.md5}: delete it and run the command again"
+            f"{final} exists but its {kind} is not the official {expected}: delete it and run the command again"
         )
     part = final.with_name(final.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -93,11 +117,11 @@ def fetch(resource: Resource, dest: Path, progress: Any = None, mirror: str | No
                 raise DataError(
                     f"the download of {url} stopped ({exc}); run the command again to resume from {part}"
                 ) from exc
-    got = md5sum(part)
-    if got != resource.md5:
+    got = resource.digest(part)
+    if got != expected:
         part.unlink()
         raise DataError(
-            f"{resource.filename} from {url} has MD5 {got}, not the official {resource.md5}; "
+            f"{resource.filename} from {url} has {kind} {got}, not the official {expected}; "
             f"the file was deleted, run the command again"
         )
     os.replace(part, final)

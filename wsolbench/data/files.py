@@ -7,7 +7,13 @@ dataset) is a :class:`FileDataset`. A plug-in lists its images as
 foreground mask (:meth:`FileDataset.read_mask`); this module does the rest:
 
 - the validation split: ``valid_fraction`` of each class's training images,
-  rounded up, drawn with ``split_seed`` (the paper's 20% per class);
+  rounded up, drawn with ``split_seed`` (the paper's 20% per class), or the
+  dataset's official one; ``valid_per_class = K`` keeps K images of each class
+  in it (the few-shot fully supervised validation split of Choe et al., CVPR
+  2020) and leaves the rest unused; ``train_on_valid`` trains on that split
+  alone (their "FSL baseline", with a fully supervised method);
+- items with boxes and ignore regions where the records carry them
+  (:class:`~wsolbench.data.samples.Record`);
 - the reference split files (``split_dir``): CSV rows ``image,mask,label`` with
   paths relative to the data root, so the paper's exact splits can be used;
 - preprocessing parameters shared by every file dataset (crops, flips, reflect
@@ -37,6 +43,7 @@ from wsolbench.data.samples import (
     Loaded,
     Record,
     SampleDataset,
+    check_annotations,
     check_sizes,
     read_image,
     read_mask_array,
@@ -202,6 +209,8 @@ class FileDataset(Dataset):
         "valid_fraction": 0.2,  #: share of each class's training images held out for validation (rounded up)
         "split_seed": 0,  #: seed of the random hold-outs and max_per_class (fixed: every run sees the same split)
         "max_per_class": 0,  #: keep at most this many images of each class in every split (0: all)
+        "valid_per_class": 0,  #: keep this many images of each class in the validation split, drop the rest (0: all)
+        "train_on_valid": False,  #: train on the validation split alone (the FSL baseline of Choe et al.)
         "cache_images": 1000,  #: keep decoded images in memory for splits of at most this many images
         "normalize": "half",  #: "half" (mean = std = 0.5, the paper) or "imagenet"
         "crop_size": 480,  #: training crop (0: whole images)
@@ -228,11 +237,21 @@ class FileDataset(Dataset):
             problems.append("dataset.jitter must be [] or [brightness, contrast, saturation, hue]")
         if not 0 <= p["valid_fraction"] < 1:
             problems.append("dataset.valid_fraction must be in [0, 1)")
-        for key in ("crop_size", "resize_short", "min_short", "max_per_class", "cache_images"):
+        for key in ("crop_size", "resize_short", "min_short", "max_per_class", "valid_per_class", "cache_images"):
             if p[key] < 0:
                 problems.append(f"dataset.{key} must be >= 0")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def download_resources(cls, params: dict[str, Any]) -> tuple[Any, ...]:
+        """The files ``wsolbench data download`` fetches with these parameters (:attr:`downloads`)."""
+        return cls.downloads
+
+    @classmethod
+    def download_note(cls, params: dict[str, Any]) -> str:
+        """What the download leaves to the user, printed after it ("" when nothing)."""
+        return ""
 
     # -- what a plug-in provides -----------------------------------------------------
     def official_splits(self) -> dict[str, list[Record]]:
@@ -304,6 +323,10 @@ class FileDataset(Dataset):
             if "valid" not in splits:
                 train, valid = stratified_holdout(splits["train"], p["valid_fraction"], p["split_seed"])
                 splits = {"train": train, "valid": valid, "test": splits["test"]}
+            if p["valid_per_class"]:
+                splits = {**splits, "valid": limit_per_class(splits["valid"], p["valid_per_class"], p["split_seed"])}
+            if p["train_on_valid"]:
+                splits = {**splits, "train": list(splits["valid"])}
             if p["max_per_class"]:
                 splits = {k: limit_per_class(v, p["max_per_class"], p["split_seed"]) for k, v in splits.items()}
             self._splits = {k: splits[k] for k in SPLITS}
@@ -404,37 +427,80 @@ class FileDataset(Dataset):
     def split(self, name: str, train: bool | None = None) -> torch.utils.data.Dataset:
         records = self.records(name)
         train = name == "train" if train is None else train
-        load = partial(_load_record, records, self.read_mask)
+        load = partial(_load_indexed, records, self.load_record)
         cache = 0 < len(records) <= self.params["cache_images"]
         return SampleDataset(len(records), load, self.transform(train), ids=[r.id for r in records], cache=cache)
 
     # -- checks --------------------------------------------------------------------------
+    def load_record(self, record: Record) -> Loaded:
+        """Decode one record: ``(image, mask, label)``, with its annotations when it has boxes or an ignore file."""
+        image = read_image(record.image)
+        height, width = image.shape[-2:]
+        if record.mask is None:
+            foreground = boxes_mask(record.boxes or (), height, width)
+        else:
+            foreground = np.zeros((height, width), dtype=bool)
+            for path in (record.mask, *record.masks):
+                instance = self.read_mask_sized(path, (height, width))
+                check_sizes(image, torch.from_numpy(np.asarray(instance)), path)
+                foreground |= instance
+        mask = torch.from_numpy(foreground.astype(np.uint8))[None]
+        annotations: dict[str, torch.Tensor] = {}
+        if record.boxes is not None:
+            annotations["boxes"] = torch.tensor(record.boxes, dtype=torch.int64).reshape(-1, 4)
+        if record.ignore:
+            region = self.read_mask_sized(record.ignore, (height, width)) & ~foreground.astype(bool)
+            annotations["ignore"] = torch.from_numpy(np.ascontiguousarray(region))[None]
+        if not annotations:
+            return image, mask, record.label
+        check_annotations(mask, annotations, record.image)
+        return image, mask, record.label, annotations
+
+    def read_mask_sized(self, path: str, size: tuple[int, int]) -> np.ndarray:
+        """:meth:`read_mask`; datasets whose masks may have another size than the image resize them here."""
+        return self.read_mask(path)
+
+    # -- checks --------------------------------------------------------------------------
     def check_record(self, record: Record) -> list[str]:
-        """What is wrong with one record's files (empty when both open and their sizes agree)."""
+        """What is wrong with one record's files (empty when all open and their sizes agree)."""
         problems = []
-        image = mask = None
+        image = None
         try:
             image = read_image(record.image)
         except DataError as exc:
             problems.append(str(exc))
-        try:
-            mask = self.read_mask(record.mask)
-        except DataError as exc:
-            problems.append(str(exc))
-        if image is not None and mask is not None and tuple(image.shape[-2:]) != mask.shape:
-            problems.append(
-                f"mask size {mask.shape} differs from image size {tuple(image.shape[-2:])}: {record.mask}"
-            )
+        size = None if image is None else tuple(image.shape[-2:])
+        for path in ([record.mask] if record.mask else []) + list(record.masks):
+            try:
+                mask = self.read_mask_sized(path, size or (0, 0))
+            except DataError as exc:
+                problems.append(str(exc))
+                continue
+            if size is not None and mask.shape != size:
+                problems.append(f"mask size {mask.shape} differs from image size {size}: {path}")
+        if record.ignore:
+            try:
+                self.read_mask_sized(record.ignore, size or (0, 0))
+            except DataError as exc:
+                problems.append(str(exc).replace("mask", "ignore file", 1))
+        if record.boxes is not None and size is not None:
+            try:
+                check_annotations(torch.zeros(size), {"boxes": torch.tensor(record.boxes).reshape(-1, 4)}, record.image)
+            except DataError as exc:
+                problems.append(str(exc))
         return problems
 
 
-def _load_record(records: Sequence[Record], read_mask: Callable[[str], np.ndarray], index: int) -> Loaded:
-    """Decode record ``index``: ``(image uint8 (3,H,W), mask uint8 (1,H,W) in {0,1}, label)``."""
-    record = records[index]
-    image = read_image(record.image)
-    mask = torch.from_numpy(np.ascontiguousarray(read_mask(record.mask), dtype=np.uint8))[None]
-    check_sizes(image, mask, record.mask)
-    return image, mask, record.label
+def boxes_mask(boxes: Iterable[Sequence[int]], height: int, width: int) -> np.ndarray:
+    """The filled union of inclusive pixel boxes, a boolean ``height x width`` array."""
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    return mask
+
+
+def _load_indexed(records: Sequence[Record], load: Callable[[Record], Loaded], index: int) -> Loaded:
+    return load(records[index])
 
 
 # -- verification ------------------------------------------------------------------------
