@@ -329,10 +329,10 @@ def test_evaluation_transform_is_the_evaluation_splits_preprocessing(tmp_path):
     without = registry("dataset").create("folder", root=None, **params)
     items = with_files.split("test", train=False)
     for i in range(len(items)):
-        image, mask, _ = items.raw(i)
+        image, mask, *_ = items.raw(i)
         alone, _ = transformed(without.evaluation_transform(), image, mask)
         assert torch.equal(alone, items[i]["image"]) and alone.shape[-2] == 16
     synthetic = registry("dataset").create("synthetic", image_size=24, n_test=2)
     test = synthetic.split("test")
-    image, mask, _ = test.raw(1)
+    image, mask, *_ = test.raw(1)
     assert torch.equal(transformed(synthetic.evaluation_transform(), image, mask)[0], test[1]["image"])
