@@ -335,6 +335,23 @@ def resolve(
     return cfg
 
 
+def rebase(cfg: RunConfig, method: str | None = None, sets: list[str] | None = None) -> RunConfig:
+    """A run's configuration with another method on the same network and ``--set`` overrides (``evaluate-run``).
+
+    Everything the run resolved stays, its network included: backbone, pooling
+    (named, since ``method``'s default pooling may differ) and their settings.
+    With ``method``, the method's settings are its ``defaults``, then its
+    ``[method]`` settings of the run's profile and dataset, then ``sets``.
+    Validated as :func:`resolve` validates.
+    """
+    layer = cfg.to_dict()
+    if method is not None and registry("method").get(method).name != cfg.method:
+        run_method = registry("method").resolve(cfg.method)
+        layer["model"]["pooling"] = layer["model"]["pooling"] or getattr(run_method, "default_pooling", None)
+        layer["method"] = {"name": method}
+    return resolve(profile=cfg.profile, options=layer, sets=sets)
+
+
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
