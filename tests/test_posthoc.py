@@ -220,9 +220,9 @@ def test_evaluate_run_command_takes_method_and_set(cam_run, tmp_path):
 
 # -- the paper profile, through the configuration ----------------------------------------
 def test_paper_profile_trains_the_classifier_as_wsolevaluation_trains_cam():
-    cub = config.resolve("posthoc", "cub", "paper")
+    cub = config.resolve("posthoc", "cub", "paper")  # on Grad-CAM's VGG-16
     assert (cub.model.backbone, cub.model.output_stride, cub.train.epochs, cub.train.batch_size,
-            cub.train.weight_decay, cub.train.lr_step) == ("resnet50", 16, 50, 32, 5e-4, 15)
+            cub.train.weight_decay, cub.train.lr_step) == ("vgg16_cam", 0, 50, 32, 5e-4, 15)
     assert cub.method_params == {"cam": "gradcam", "forward_batch": 32}
     glas = config.resolve("posthoc", "glas", "paper", sets=["method.cam=scorecam"])
     assert (glas.model.backbone, glas.train.epochs, glas.method_params["cam"]) == ("resnet18", 160, "scorecam")

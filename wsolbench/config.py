@@ -36,11 +36,13 @@ from wsolbench.plugin_host import registry
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  #: a timm model, or vgg16_cam (VGG-16 with the CAM modification)
     pretrained: bool = False
     pooling: str | None = None  #: None: the method's default pooling
     output_stride: int = 0  #: 8, 16 or 32 (dilated last stages); 0: the backbone's own (32 for most CNNs)
-    backbone_params: dict[str, Any] = field(default_factory=dict)  #: passed to timm.create_model
+    #: passed to timm.create_model, except weights (a local file), dilate (false: output_stride removes strides
+    #: without dilating, wsolevaluation's ResNet-50) and conv6 (false: vgg16_cam ends at conv5_3)
+    backbone_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

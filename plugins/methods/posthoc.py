@@ -30,9 +30,11 @@ the parameters' ``.grad`` are left as they were. The classifier is the same
 network as ``cam-avg``'s and ``gradcam``'s, so ``wsolbench evaluate-run RUN
 --method posthoc --set method.cam=scorecam`` scores any of them on an
 existing run's weights, without training. The ``paper`` profile trains the
-classifier as wsolevaluation trains CAM
-(:data:`~wsolbench_plugins.methods.cam.WSOLEVAL_PROFILES`); the post-hoc
-methods' papers explain given classifiers and train none.
+classifier as wsolevaluation trains CAM on CUB
+(:func:`~wsolbench_plugins.methods.cam.wsoleval_profiles`), on VGG-16 with the
+CAM modification (``vgg16_cam``), the network of Grad-CAM's localization
+experiments; the post-hoc methods' papers explain given classifiers and train
+none.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 
 from wsolbench.errors import ConfigError, UserError
 
-from .cam import WSOLEVAL_PROFILES, CamBaseline
+from .cam import VGG16, CamBaseline, wsoleval_profiles
 
 #: ``method.cam`` -> the pytorch-grad-cam class that computes it
 CAMS = {
@@ -106,8 +108,8 @@ class PostHoc(CamBaseline):
     needs_grad_at_inference: ClassVar[bool] = True
     #: ``forward_batch``: images per forward pass of Score-CAM's and Ablation-CAM's per-channel scoring
     defaults: ClassVar[dict[str, Any]] = {"cam": "gradcam", "forward_batch": 32}
-    #: the classifier trained as wsolevaluation trains CAM (on GlaS: as the other baselines)
-    profiles: ClassVar[dict[str, dict[str, Any]]] = WSOLEVAL_PROFILES
+    #: the classifier trained as wsolevaluation trains CAM, on VGG-16 (on GlaS: as the other baselines)
+    profiles: ClassVar[dict[str, dict[str, Any]]] = wsoleval_profiles({}, VGG16)
 
     def __init__(self, num_classes: int, model: Any = None, **params: Any):
         chosen = {**self.defaults, **params}
