@@ -283,7 +283,7 @@ def test_region_box_is_the_largest_8_connected_region(seed):
 
 # -- the map of a given class, for every built-in method -----------------------------------------
 CLASS_SPECIFIC = {"cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil", "gradcam", "minmax", "has", "adl", "cutmix",
-                  "acol", "posthoc"}
+                  "acol", "posthoc", "spg"}
 
 
 @pytest.mark.parametrize("name", sorted(registry("method").names()))

@@ -23,8 +23,8 @@ _HUB_HOST = ("huggingface.co", 443)
 
 #: WSOL's published backbones that timm has not, each built from a timm model: name -> (timm model, what it is)
 WSOL_BACKBONES = {
-    "vgg16_cam": ("vgg16", "VGG-16 with the CAM modification: pool5 removed, conv6 (3x3, 1024 channels) and ReLU; "
-                           "stride 16 (backbone_params.conv6 = false: up to conv5_3, as ACoL's classifiers take it)"),
+    "vgg16_cam": ("vgg16", ("VGG-16 with the CAM modification: pool5 removed, conv6 (3x3, 1024 channels) and ReLU; "
+                            "stride 16 (backbone_params.conv6 = false: up to conv5_3, as ACoL's classifiers take it)")),
 }
 
 
