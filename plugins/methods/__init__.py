@@ -20,3 +20,5 @@ def wsolbench_register_methods(register):
     register("adl", f"{_HERE}.adl:Adl")
     register("cutmix", f"{_HERE}.cutmix:CutMix")
     register("acol", f"{_HERE}.acol:Acol")
+    register("posthoc", f"{_HERE}.posthoc:PostHoc")
+    register("spg", f"{_HERE}.spg:Spg")

@@ -18,8 +18,10 @@ differentiated through (the map is detached, as in both codes).
 
 The ``paper`` profile uses wsolevaluation's ``acol_threshold = 0.7`` (its
 ``config.py``) and 1024 hidden channels, and on CUB its training protocol
-(:data:`~wsolbench_plugins.methods.cam.WSOLEVAL_PROFILES`); ResNet-50 with the
-last stride removed stands in for the paper's VGG-16 and GoogLeNet.
+(:func:`~wsolbench_plugins.methods.cam.wsoleval_profiles`) on the paper's VGG-16
+as wsolevaluation builds it for ACoL: up to conv5_3 without pool5 (stride 16),
+the classifiers' 3x3 convolutions in place of CAM's conv6 (``vgg16_cam`` with
+``backbone_params.conv6 = false``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from wsolbench.models import (
     upsample,
 )
 
-from .cam import wsoleval_profiles
+from .cam import VGG16, wsoleval_profiles
 
 
 def erase(features: Tensor, attention: Tensor, threshold: float) -> Tensor:
@@ -75,7 +77,8 @@ class Acol(CamMethod):
     summary = "ACoL: a second classifier on features erased where the first one's map is high"
     default_pooling = "avg"
     defaults: ClassVar[dict[str, Any]] = {"threshold": 0.7, "hidden_channels": 1024}
-    profiles: ClassVar[dict[str, dict[str, Any]]] = wsoleval_profiles({"threshold": 0.7, "hidden_channels": 1024})
+    profiles: ClassVar[dict[str, dict[str, Any]]] = wsoleval_profiles(
+        {"threshold": 0.7, "hidden_channels": 1024}, {**VGG16, "backbone_params": {"conv6": False}})
 
     def __init__(self, num_classes: int, model: Any = None, **params: Any):
         chosen = {**self.defaults, **params}

@@ -6,6 +6,12 @@ scored its test split at the end. Started by torchrun, the processes share the
 split and give the numbers of one process (see :mod:`wsolbench.training.distributed`).
 With an output folder, ``results.json``, ``per_image.csv``,
 ``histograms.npz`` and the pictures are written there.
+
+``method`` loads the weights into another method that shares the run's
+network (a post-hoc map of a CAM run: ``--method posthoc --set
+method.cam=scorecam``), without training; ``sets`` change settings that do not
+change the network (``eval.map_class``, the method's own settings). Weights
+that do not fit the other method's network are refused with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import torch
 
 from wsolbench.assembly import build_dataset, build_method, provenance
+from wsolbench.config import rebase
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import rundir
 from wsolbench.runs.rundir import RunDir
@@ -34,12 +41,18 @@ def evaluate_checkpoint(
     device: str | None = None,
     output_dir: str | Path | None = None,
     listener: Listener | None = None,
+    method: str | None = None,
+    sets: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` (``best`` or ``last``) of the run in ``path`` on ``split``; returns the results."""
+    """Score ``checkpoint`` (``best`` or ``last``) of the run in ``path`` on ``split``; returns the results.
+
+    ``method`` and ``sets``: another method on the run's weights, other settings (see the module's text).
+    """
     if checkpoint not in rundir.CHECKPOINTS:
         raise UnknownNameError("checkpoint", checkpoint, rundir.CHECKPOINTS)
     run = RunDir(path, read_only=True)
-    cfg = run.read_config()
+    run_cfg = run.read_config()
+    cfg = rebase(run_cfg, method, sets) if method is not None or sets else run_cfg
     if device is not None:
         cfg.device = device
     file = run.path / rundir.CHECKPOINTS[checkpoint]
@@ -54,25 +67,25 @@ def evaluate_checkpoint(
         dataset = build_dataset(cfg)
         if split not in dataset.split_names:
             raise UnknownNameError("split", split, dataset.split_names)
-        method = build_method(cfg, dataset.num_classes).to(dev)
+        model = build_method(cfg, dataset.num_classes).to(dev)
         if cfg.train.channels_last:
-            method = method.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)
         epoch = None
         if dist.is_main:
             state = run.load_checkpoint(file.name)
-            load_model_state(method, state, cfg)
+            load_model_state(model, state, run_cfg, into=cfg.method)
             epoch = state.get("epoch")
         epoch = dist.broadcast(epoch)
-        dist.broadcast_module(method)
+        dist.broadcast_module(model)
         items = dataset.split(split, train=False)
         extras = TestExtras(cfg, dataset, items)
         scored = evaluate(
-            method, make_loader(items, cfg, False, dev, seed_offset=2, dist=dist), Precision.choose(dev, cfg.train.amp),
+            model, make_loader(items, cfg, False, dev, seed_offset=2, dist=dist), Precision.choose(dev, cfg.train.amp),
             cfg, localization=True, ids=getattr(items, "ids", None), listener=listener if dist.is_main else None,
             on_map=extras.update, dist=dist, phase=split,
         )
         extras.gather(dist)
-        results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), classifies=method.classifies,
+        results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), classifies=model.classifies,
                                  run=str(run.path), checkpoint=file.name, epoch=epoch, split=split)
         target = None
         if out is not None:

@@ -138,15 +138,21 @@ def check_checkpoint(state: dict[str, Any], cfg: RunConfig, where: str | Path = 
         )
 
 
-def load_model_state(method: Method, state: dict[str, Any], cfg: RunConfig) -> None:
-    """Load a checkpoint's model into ``method``, refusing one that was not made for ``cfg``."""
+def load_model_state(method: Method, state: dict[str, Any], cfg: RunConfig, into: str | None = None) -> None:
+    """Load a checkpoint's model into ``method``, refusing one that was not made for ``cfg``.
+
+    ``into``: ``method`` is this other method than ``cfg``'s, meant to share its network (``evaluate-run --method``).
+    """
     check_checkpoint(state, cfg)
     try:
         method.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as exc:
+        other = into is not None and into != cfg.method
         raise CheckpointError(
-            f"the checkpoint does not fit the model of method {cfg.method!r} with backbone "
+            f"the checkpoint does not fit the model of method {(into if other else cfg.method)!r} with backbone "
             f"{cfg.model.backbone!r}: {str(exc).splitlines()[0]}"
+            + (f" (the run is of method {cfg.method!r}, whose network differs; --method takes a method with the "
+               f"run's network, e.g. posthoc or gradcam on a run of cam-avg, has or cutmix)" if other else "")
         ) from exc
 
 
