@@ -146,7 +146,8 @@ def test_latex_is_booktabs_with_escaped_names(tmp_path):
     fake_run(tmp_path, "a", "my_method 50%", "glas", 0, cl_error=1.0, f1_pos=50.0, f1_neg=50.0, pxap=50.0)
     fake_run(tmp_path, "b", "my_method 50%", "glas", 1, cl_error=3.0, f1_pos=52.0, f1_neg=40.0, pxap=52.0)
     fake_run(tmp_path, "c", "cam-avg", "glas", 0, cl_error=0.0, f1_pos=40.0, f1_neg=60.0, pxap=30.0)
-    pixel_metrics = [m for m in rep.METRICS if rep.METRICS[m].protocol not in ("box", "box_localization")]
+    box = ("box", "box_at_valid", "box_localization", "pixel_at_valid")
+    pixel_metrics = [m for m in rep.METRICS if rep.METRICS[m].protocol not in box]
     latex = rep.to_latex(rep.summarize(rep.collect([tmp_path]).runs, pixel_metrics), caption="GlaS & co")
     for rule in ("\\toprule", "\\cmidrule(lr){2-8}", "\\midrule", "\\bottomrule"):
         assert rule in latex

@@ -18,7 +18,7 @@ from wsolbench.assembly import method_label
 from wsolbench.config import RunConfig
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import LocalizationAccumulator, protocol_record
+from wsolbench.scoring.metrics import ChosenThresholds, LocalizationAccumulator, protocol_record
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Evaluation:
     metrics: dict[str, float]
     per_image: list[dict[str, Any]] = field(default_factory=list)
     accumulator: LocalizationAccumulator | None = None
+    #: the split's own best thresholds, to score another split at (a validation split's, for the test split)
+    best_thresholds: ChosenThresholds | None = None
 
 
 def _number(value: Any) -> Any:
@@ -43,13 +45,15 @@ def results_record(
     label: str | None = None,
     provided_by: dict[str, Any] | None = None,
     classifies: bool = True,
+    thresholds_from: str = "valid",
     **fields: Any,
 ) -> dict[str, Any]:
     """``results.json``: the identity of what was scored, ``fields``, the metrics and how they were computed.
 
     ``method`` and ``label`` default to ``cfg``'s method and its report label;
     ``cl_error``, ``top1_loc`` and ``top5_loc`` are null for methods that make no class prediction
-    (``classifies = False``).
+    (``classifies = False``). ``thresholds_from`` names the split whose best thresholds the
+    ``*_at_val`` metrics and ``top*_loc`` use (recorded as ``thresholds_from`` and in ``protocol``).
     """
     return {
         "schema_version": RUN_SCHEMA_VERSION,
@@ -62,7 +66,8 @@ def results_record(
         **fields,
         **{k: _number(v) for k, v in metrics.items() if k != "loss"},
         **({} if classifies else {"cl_error": None, "top1_loc": None, "top5_loc": None}),
-        "protocol": protocol_record(cfg.eval),
+        "thresholds_from": thresholds_from,
+        "protocol": protocol_record(cfg.eval, thresholds_from),
     }
 
 

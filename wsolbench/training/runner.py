@@ -66,6 +66,7 @@ from wsolbench.training.engine import (
     make_optimizer,
     make_scheduler,
     train_one_epoch,
+    validation_thresholds,
 )
 from wsolbench.training.loggers import LoggerSet, listening, pictures_after_validation
 from wsolbench.utils import seed_everything
@@ -335,16 +336,19 @@ def _train_and_test(
         run_dir.save_checkpoint(rundir.BEST, model_state(method, cfg, -1), reserve_mb=cfg.train.min_free_mb)
 
     t0 = time.perf_counter()
+    chosen = validation_thresholds(method, dataset, cfg, precision, dist, listener)
     test_split = dataset.split("test")
     extras = TestExtras(cfg, dataset, test_split)
     test = evaluate(
         method, make_loader(test_split, cfg, False, device, seed_offset=2, dist=dist), precision, cfg,
         localization=True, ids=getattr(test_split, "ids", None), listener=listener, on_map=extras.update, dist=dist,
+        thresholds=chosen,
     )
     extras.gather(dist)
     eval_seconds = time.perf_counter() - t0
     results = results_record(
         cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
+        thresholds_from="test" if chosen is None else "valid",
         best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
         **_selection(cfg, state),
     )
