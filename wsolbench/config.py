@@ -84,8 +84,9 @@ class EvalConfig:
     select: str = "cl_error"  #: the validation metric that keeps the best epoch (:data:`SELECT_METRICS`)
 
 
-#: ``eval.select``'s choices: classification error and loss, or a localization metric of the validation maps
-SELECT_METRICS = ("cl_error", "loss", "maxboxaccv2", "pxap", "f1_neg")
+#: ``eval.select``'s choices: classification error and loss, a localization metric of the validation maps, or
+#: ``localization``: the dataset's own localization metric (``Dataset.localization_metric``: what its protocol ranks by)
+SELECT_METRICS = ("cl_error", "loss", "maxboxaccv2", "pxap", "f1_neg", "localization")
 
 
 @dataclass

@@ -46,11 +46,13 @@ def results_record(
     provided_by: dict[str, Any] | None = None,
     classifies: bool = True,
     thresholds_from: str = "valid",
+    dataset: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """``results.json``: the identity of what was scored, ``fields``, the metrics and how they were computed.
 
-    ``method`` and ``label`` default to ``cfg``'s method and its report label;
+    ``method`` and ``label`` default to ``cfg``'s method and its report label, ``dataset`` to ``cfg``'s
+    (a plug-in serving several datasets names the one scored: :attr:`Dataset.report_name`);
     ``cl_error``, ``top1_loc`` and ``top5_loc`` are null for methods that make no class prediction
     (``classifies = False``). ``thresholds_from`` names the split whose best thresholds the
     ``*_at_val`` metrics and ``top*_loc`` use (recorded as ``thresholds_from`` and in ``protocol``).
@@ -59,13 +61,14 @@ def results_record(
         "schema_version": RUN_SCHEMA_VERSION,
         "method": method or cfg.method,
         "method_label": label or method_label(cfg),
-        "dataset": cfg.dataset,
+        "dataset": dataset or cfg.dataset,
         "seed": cfg.seed,
         "profile": cfg.profile,
         **({"provided_by": provided_by} if provided_by is not None else {}),
         **fields,
         **{k: _number(v) for k, v in metrics.items() if k != "loss"},
         **({} if classifies else {"cl_error": None, "top1_loc": None, "top5_loc": None}),
+        "eval_protocol": cfg.eval.protocol,
         "thresholds_from": thresholds_from,
         "protocol": protocol_record(cfg.eval, thresholds_from),
     }

@@ -78,6 +78,7 @@ def evaluate_checkpoint(
         extras.gather(dist)
         results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), classifies=method.classifies,
                                  thresholds_from=split if chosen is None else "valid",
+                                 dataset=dataset.report_name or cfg.dataset,
                                  run=str(run.path), checkpoint=file.name, epoch=epoch, split=split)
         target = None
         if out is not None:

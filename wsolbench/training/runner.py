@@ -348,9 +348,9 @@ def _train_and_test(
     eval_seconds = time.perf_counter() - t0
     results = results_record(
         cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
-        thresholds_from="test" if chosen is None else "valid",
+        thresholds_from="test" if chosen is None else "valid", dataset=dataset.report_name or cfg.dataset,
         best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
-        **_selection(cfg, state),
+        **_selection(cfg, dataset, state),
     )
     write_outputs(run_dir, test, extras, results)
     run_dir.update_manifest(
@@ -365,11 +365,18 @@ def _train_and_test(
     return results
 
 
-def _selection(cfg: RunConfig, state: TrainState) -> dict[str, Any]:
-    """How the kept model was chosen: the epochs tied at its validation error and the rule that broke the tie."""
+def _selection(cfg: RunConfig, dataset: Dataset, state: TrainState) -> dict[str, Any]:
+    """How the kept model was chosen: the validation metric, the epochs tied at its value and the rule that
+    broke the tie."""
     if state.best["epoch"] < 0:
         return {}
-    return {"tied_epochs": state.ties, "tie_rule": cfg.train.select_ties}
+    return {"selected_on": selection_metric(cfg, dataset), "tied_epochs": state.ties,
+            "tie_rule": cfg.train.select_ties}
+
+
+def selection_metric(cfg: RunConfig, dataset: Dataset) -> str:
+    """``eval.select``, with ``localization`` made the dataset's own localization metric."""
+    return dataset.localization_metric if cfg.eval.select == "localization" else cfg.eval.select
 
 
 def _train(
@@ -415,7 +422,7 @@ def _train(
         validates = (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1
         if validates:
             t1 = time.perf_counter()
-            select = cfg.eval.select
+            select = selection_metric(cfg, dataset)
             val = evaluate(method, valid_loader, precision, cfg, localization=select in LOCALIZATION_SELECT,
                            listener=listener, dist=dist, phase="valid")
             state.valid_seconds += time.perf_counter() - t1
