@@ -72,7 +72,7 @@ TIE_RULES = ("loss", "last")
 class EvalConfig:
     batch_size: int = 8
     threshold: float = 0.5
-    bins: int = 1000  #: histogram bins of PxAP and best-threshold metrics
+    bins: int = 1000  #: histogram bins of PxAP and best-threshold metrics (under protocol "wsoleval": the cam_curve_interval grid)
     every: int = 1  #: validate every N epochs
     pad_multiple: int = 32
     pictures: int = 8  #: test images drawn in overlays.png, with pr_curve.png; 0: no pictures

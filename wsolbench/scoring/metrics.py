@@ -16,9 +16,13 @@ resolution; foreground is ``mask >= 0.5``.
     Pixel average precision (Choe et al., CVPR 2020, "wsolevaluation"): over
     the whole set, histograms of map values at foreground and background
     pixels in fixed bins of width ``1/bins`` (a value of exactly 1 has its own
-    bin); each bin's lower edge is a threshold; precision and recall at every
+    bin; under ``eval.protocol = "wsoleval"``, wsolevaluation's bins instead:
+    lower edges ``np.arange(0, 1, eval.cam_curve_interval)``, compared in
+    float64); each bin's lower edge is a threshold; precision and recall at every
     threshold from the reversed cumulative sums; AP = sum of precision x
-    recall increments, x100. O(pixels + bins).
+    recall increments, x100, summed as wsolevaluation's ``MaskEvaluator`` sums
+    them (NumPy's pairwise sum), so its number is reproduced to the last bit.
+    O(pixels + bins).
 ``dice_best`` / ``iou_best`` / ``threshold_best`` (a different protocol)
     Dice and IoU of all pixels of the set pooled together, at the single
     threshold (of the same grid) that maximises pooled Dice. NOT comparable
@@ -113,7 +117,8 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol(
             "pxap",
             "{metrics}: pixel average precision over the test set, fixed-bin histograms (x100).",
-            "pixel AP over the set, {bins} histogram bins",
+            "pixel AP over the set; bins: {bins} of equal width (geometry native) or wsolevaluation's "
+            "np.arange(0, 1, {cam_curve_interval}) (geometry wsoleval); geometry {protocol}",
         ),
         Protocol(
             "box",
@@ -252,6 +257,9 @@ class LocalizationAccumulator:
 
     bins: int = 1000
     threshold: float = 0.5
+    #: the bins' lower edges, float64 ``(bins + 1,)``, in place of ``j / bins``: wsolevaluation's grid
+    #: (:func:`wsoleval_edges`), a value counted in the last edge at or below it (``np.histogram``'s rule)
+    edges: Tensor | None = None
     f1_pos: list[Tensor] = field(default_factory=list)
     f1_neg: list[Tensor] = field(default_factory=list)
     hist_fg: Tensor | None = None
@@ -280,7 +288,11 @@ class LocalizationAccumulator:
         # one bincount for both histograms: background bins 0..B, foreground bins B+1..2B+1;
         # truncation is the floor on [0, bins]; int16 indices are the fastest to convert and to count
         index_type = torch.int16 if 2 * (self.bins + 1) <= torch.iinfo(torch.int16).max else torch.int64
-        index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
+        if self.edges is None:
+            index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
+        else:  # compared in float64, as NumPy compares float32 maps with float64 edges
+            edges = self.edges.to(maps.device)
+            index = (torch.bucketize(maps.double(), edges, right=True) - 1).clamp_(0, self.bins).to(index_type)
         index.add_(gt, alpha=self.bins + 1)
         if ignore is not None:
             index = index[~ignore.reshape(index.shape).bool()]
@@ -330,14 +342,7 @@ def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor, pixel_bin: int | None = 
     tp = fg.flip(0).cumsum(0)  # thresholds from high (index B) to low (index 0)
     fp = bg.flip(0).cumsum(0)
     n_fg = fg.sum()
-    predicted = tp + fp
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    if n_fg > 0:
-        recall = tp / n_fg
-        steps = torch.diff(recall, prepend=recall.new_zeros(1))
-        pxap = 100.0 * torch.cumsum(precision * steps, 0)[-1].item()  # summed in order: reproducible to the bit
-    else:
-        pxap = float("nan")
+    pxap = average_precision(fg, bg)
     fn = n_fg - tp
     denom = 2 * tp + fp + fn
     dices = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
@@ -354,6 +359,36 @@ def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor, pixel_bin: int | None = 
         "iou_at_val": float("nan") if at is None else 100.0 * iou[at].item(),
         "threshold_val": float("nan") if at is None else pixel_bin / bins,
     }
+
+
+def average_precision(hist_fg: Tensor, hist_bg: Tensor) -> float:
+    """PxAP (x100) from histograms, in wsolevaluation's arithmetic to the last bit (``MaskEvaluator.compute``).
+
+    From the highest bin down: ``tp`` and ``fp`` are the reversed cumulative
+    sums, precision ``tp / (tp + fp)``, recall ``tp / (tp + fn)``; the
+    products of precision and recall increments at the thresholds that
+    predict something are summed by ``np.sum`` (NumPy's pairwise summation:
+    its order decides the last bits). NaN without a foreground pixel.
+    """
+    fg = hist_fg.double().cpu().numpy()
+    bg = hist_bg.double().cpu().numpy()
+    n_fg = fg.sum()
+    if n_fg <= 0:
+        return float("nan")
+    tp, fp = fg[::-1].cumsum(), bg[::-1].cumsum()
+    fn = n_fg - tp
+    predicted = tp + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / predicted
+    recall = tp / (tp + fn)
+    steps = np.diff(recall, prepend=0.0)
+    return float(np.sum((precision * steps)[predicted != 0]) * 100)
+
+
+def wsoleval_edges(interval: float) -> Tensor:
+    """The lower edges of wsolevaluation's PxAP bins: ``np.arange(0, 1, interval)`` and 1 (the bin of a value
+    of exactly 1; its bin ``[2, 3)`` is always empty for maps in [0, 1] and is left out)."""
+    return torch.from_numpy(np.append(cam_thresholds(interval), 1.0))
 
 
 def best_dice_bin(hist_fg: Tensor, hist_bg: Tensor) -> int:

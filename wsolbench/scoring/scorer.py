@@ -28,7 +28,17 @@ from wsolbench.scoring.metrics import (
     box_metrics,
     maxboxacc_index,
     scale_boxes,
+    wsoleval_edges,
 )
+
+
+def pixel_accumulator(settings: Any) -> LocalizationAccumulator:
+    """The pixel metrics' accumulator of the ``eval`` settings: ``eval.bins`` bins of equal width, or under
+    ``eval.protocol = "wsoleval"`` wsolevaluation's PxAP bins (the grid of ``eval.cam_curve_interval``)."""
+    if settings.protocol == "wsoleval":
+        edges = wsoleval_edges(settings.cam_curve_interval)
+        return LocalizationAccumulator(bins=len(edges) - 1, threshold=settings.threshold, edges=edges)
+    return LocalizationAccumulator(bins=settings.bins, threshold=settings.threshold)
 
 
 @dataclass
@@ -40,7 +50,7 @@ class Scorer:
     boxes: BoxAccumulator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pixels = LocalizationAccumulator(bins=self.settings.bins, threshold=self.settings.threshold)
+        self.pixels = pixel_accumulator(self.settings)
         self.boxes = BoxAccumulator(interval=self.settings.cam_curve_interval)
 
     def update(
@@ -89,8 +99,8 @@ def split_metrics(
 ) -> tuple[dict[str, float], LocalizationAccumulator]:
     """The pixel and box metrics of a split from its per-image scores and histograms (of every process);
     with ``chosen`` (the validation split's thresholds) also the metrics at those thresholds."""
-    pixels = LocalizationAccumulator(bins=settings.bins, threshold=settings.threshold, f1_pos=[scores["f1_pos"]],
-                                     f1_neg=[scores["f1_neg"]], hist_fg=hist_fg, hist_bg=hist_bg)
+    pixels = pixel_accumulator(settings)
+    pixels.f1_pos, pixels.f1_neg, pixels.hist_fg, pixels.hist_bg = [scores["f1_pos"]], [scores["f1_neg"]], hist_fg, hist_bg
     metrics = pixels.compute(None if chosen is None else chosen.pixel_bin)
     thresholds = BoxAccumulator(interval=settings.cam_curve_interval).thresholds
     metrics.update(box_metrics(scores["iou_largest"], scores["iou_any"], thresholds, logits, labels, chosen))
