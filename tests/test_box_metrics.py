@@ -8,13 +8,16 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from wsolbench.config import EvalConfig
 from wsolbench.data.boxes import boxes_from_mask
 from wsolbench.scoring.metrics import (
+    WSOLEVAL_SIZE,
     BoxAccumulator,
     LocalizationAccumulator,
     contour_boxes,
     scale_boxes,
 )
+from wsolbench.scoring.scorer import pixel_accumulator
 
 
 # -- the reference's arithmetic, one image and one threshold at a time ---------------
@@ -223,3 +226,53 @@ def test_pxap_leaves_ignored_pixels_out():
     plain = LocalizationAccumulator(bins=bins)
     plain.update(maps, masks)
     assert plain.compute()["pxap"] != pytest.approx(expected, abs=1e-6)  # the ignore regions matter here
+
+
+# -- PxAP as wsolevaluation's MaskEvaluator computes it -------------------------------------------
+def reference_pxap(maps: list[np.ndarray], masks: list[np.ndarray], interval: float) -> float:
+    """wsolevaluation's arithmetic written again: ``np.histogram`` over ``np.arange(0, 1, interval)`` and
+    ``[1, 2, 3]``, per image at the pixels marked 1 (foreground) and 0 (background; 255 is ignored);
+    reversed cumulative sums; the precision x recall-increment products summed by ``ndarray.sum``."""
+    edges = np.append(np.arange(0, 1, interval), [1.0, 2.0, 3.0])
+    true_hist = np.zeros(len(edges) - 1)
+    false_hist = np.zeros(len(edges) - 1)
+    for scoremap, mask in zip(maps, masks):
+        true_hist += np.histogram(scoremap[mask == 1], bins=edges)[0].astype(np.float64)
+        false_hist += np.histogram(scoremap[mask == 0], bins=edges)[0].astype(np.float64)
+    tp = true_hist[::-1].cumsum()
+    fn = true_hist.sum() - tp
+    fp = false_hist[::-1].cumsum()
+    nonzero = (tp + fp) != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / (tp + fp)
+    recall = tp / (tp + fn)
+    return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100)
+
+
+@pytest.mark.parametrize(("seed", "interval"), [(0, 0.01), (1, 0.01), (2, 0.001), (3, 0.05)])
+def test_pxap_under_wsoleval_is_masks_evaluators_to_the_last_bit(seed, interval):
+    rng = np.random.default_rng(seed)
+    size = WSOLEVAL_SIZE  # wsolevaluation's own geometry: nothing is resized
+    maps, masks, ignores = [], [], []
+    for _ in range(3):
+        truth = np.zeros((size, size), np.uint8)
+        x, y = rng.integers(0, size // 2, 2)
+        truth[y : y + size // 3, x : x + size // 4] = 1
+        scoremap = np.clip(0.6 * truth + 0.5 * rng.random((size, size)), 0, 1).astype(np.float32)
+        # values on the grid's edges, where float32 maps meet float64 thresholds, and exactly 0 and 1
+        on_edges = rng.random((size, size)) < 0.3
+        scoremap[on_edges] = np.float32(rng.integers(0, 101, on_edges.sum()) / 100)
+        ignore = (rng.random((size, size)) < 0.1) & (truth == 0)
+        maps.append(scoremap)
+        masks.append(np.where(ignore, 255, truth).astype(np.uint8))
+        ignores.append(ignore)
+    expected = reference_pxap(maps, masks, interval)
+    pixels = pixel_accumulator(EvalConfig(protocol="wsoleval", cam_curve_interval=interval))  # the scorer's
+    pixels.update(torch.from_numpy(np.stack(maps)), torch.from_numpy((np.stack(masks) == 1).astype(np.float32)),
+                  torch.from_numpy(np.stack(ignores)))
+    assert pixels.compute()["pxap"] == expected  # equal, not approximately
+    # the native geometry's equal-width bins give another number: the choice of bins is what matters here
+    native = LocalizationAccumulator(bins=round(1 / interval))
+    native.update(torch.from_numpy(np.stack(maps)), torch.from_numpy((np.stack(masks) == 1).astype(np.float32)),
+                  torch.from_numpy(np.stack(ignores)))
+    assert native.compute()["pxap"] != expected

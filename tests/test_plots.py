@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_cli
 from PIL import Image
 
 from wsolbench.runs import report as rep
@@ -102,3 +103,39 @@ def test_report_curves_pool_the_seeds(tmp_path):
     written = rep.draw_curves(collection.runs, tmp_path / "plots", summary)
     assert sorted(p.name for p in written) == ["pr_glas.pdf", "pr_glas.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_the_boxes_panel_draws_true_and_predicted_boxes_pixel_for_pixel():
+    sample = square_sample(12)
+    sample.true_boxes = np.array([[2, 3, 6, 8]])
+    sample.pred_box = np.array([4, 4, 9, 10])
+    panels = plots.overlay_panels(sample, tile=12)  # tile = image size: no resizing
+    caption, panel = panels[-1]
+    # inclusive pixels: intersection 3 x 5 = 15, union 5 x 6 + 6 x 7 - 15 = 57
+    assert caption == f"box IoU {100 * 15 / 57:.1f}"
+    truth = np.zeros((12, 12), bool)
+    truth[3:9, [2, 6]] = True
+    truth[[3, 8], 2:7] = True
+    pred = np.zeros((12, 12), bool)
+    pred[4:11, [4, 9]] = True
+    pred[[4, 10], 4:10] = True
+    assert (panel[pred] == plots.PREDICTION_RGB).all()  # drawn last: on top where the two cross
+    assert (panel[truth & ~pred] == plots.TRUTH_RGB).all()
+    assert (panel[~truth & ~pred] == sample.image[~truth & ~pred]).all()  # the rest is the image, no boundary
+
+
+def test_a_box_outline_scales_with_the_panel():
+    # a 10 x 10 image drawn at 20 x 20: the box of pixels 2..4 covers panel pixels 4..9
+    outline = plots.box_outline((20, 20), (2, 2, 4, 4), frame=(10, 10))
+    rows, columns = np.nonzero(outline)
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (4, 9, 4, 9)
+    assert not outline[6, 6]  # an outline, not a fill
+
+
+def test_a_run_draws_boxes_in_its_overlays(tmp_path):
+    proc = run_cli("run", "--method", "cam-avg", "-q", "--output-dir", str(tmp_path), "--run-name", "r", *TINY,
+                   "--set", "eval.pictures=2")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "r" / "overlays.png") as im:
+        width = im.size[0]
+    assert width == 4 * (160 + 4) + 4  # image, map, mask and the boxes panel

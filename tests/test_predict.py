@@ -322,7 +322,7 @@ def test_localize_class_draws_the_map_of_the_class_asked_for(name):
 def test_evaluation_transform_is_the_evaluation_splits_preprocessing(tmp_path):
     from fixture_trees import make_folder
 
-    from wsolbench.data.samples import transformed
+    from wsolbench.data.samples import split_loaded, transformed
 
     root = make_folder(tmp_path / "folder", size=(20, 30))
     params = {"resize_short": 16, "normalize": "imagenet"}
@@ -330,10 +330,10 @@ def test_evaluation_transform_is_the_evaluation_splits_preprocessing(tmp_path):
     without = registry("dataset").create("folder", root=None, **params)
     items = with_files.split("test", train=False)
     for i in range(len(items)):
-        image, mask, *_ = items.raw(i)
+        image, mask, *_ = split_loaded(items.raw(i))
         alone, _ = transformed(without.evaluation_transform(), image, mask)
         assert torch.equal(alone, items[i]["image"]) and alone.shape[-2] == 16
     synthetic = registry("dataset").create("synthetic", image_size=24, n_test=2)
     test = synthetic.split("test")
-    image, mask, *_ = test.raw(1)
+    image, mask, *_ = split_loaded(test.raw(1))  # the synthetic set's items carry their boxes too
     assert torch.equal(transformed(synthetic.evaluation_transform(), image, mask)[0], test[1]["image"])

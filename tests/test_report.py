@@ -133,8 +133,9 @@ def test_crf_scores_become_their_own_row(tmp_path):
 def test_csv_reads_back_with_pandas(runs_root):
     summary = rep.summarize(rep.collect([runs_root]).runs, ["cl_error", "f1_pos"])
     back = pd.read_csv(io.StringIO(rep.to_csv(summary)), dtype={"seeds": str})
-    assert list(back.columns) == ["label", "dataset", "n_runs", "seeds", "cl_error_mean", "cl_error_std",
-                                  "f1_pos_mean", "f1_pos_std"]
+    assert list(back.columns) == ["label", "dataset", "n_runs", "seeds", "eval_protocol", "cl_error_mean",
+                                  "cl_error_std", "f1_pos_mean", "f1_pos_std"]
+    assert set(back["eval_protocol"]) == {"native"}
     row = back[(back["label"] == "cam-avg") & (back["dataset"] == "glas")].iloc[0]
     assert row["seeds"] == "0 1" and row["n_runs"] == 2
     assert row["cl_error_mean"] == pytest.approx(15.0) and row["cl_error_std"] == pytest.approx(np.sqrt(50))
@@ -146,7 +147,8 @@ def test_latex_is_booktabs_with_escaped_names(tmp_path):
     fake_run(tmp_path, "a", "my_method 50%", "glas", 0, cl_error=1.0, f1_pos=50.0, f1_neg=50.0, pxap=50.0)
     fake_run(tmp_path, "b", "my_method 50%", "glas", 1, cl_error=3.0, f1_pos=52.0, f1_neg=40.0, pxap=52.0)
     fake_run(tmp_path, "c", "cam-avg", "glas", 0, cl_error=0.0, f1_pos=40.0, f1_neg=60.0, pxap=30.0)
-    pixel_metrics = [m for m in rep.METRICS if rep.METRICS[m].protocol not in ("box", "box_localization")]
+    box = ("box", "box_at_valid", "box_localization", "pixel_at_valid")
+    pixel_metrics = [m for m in rep.METRICS if rep.METRICS[m].protocol not in box]
     latex = rep.to_latex(rep.summarize(rep.collect([tmp_path]).runs, pixel_metrics), caption="GlaS & co")
     for rule in ("\\toprule", "\\cmidrule(lr){2-8}", "\\midrule", "\\bottomrule"):
         assert rule in latex
@@ -196,3 +198,27 @@ def test_report_command_formats_files_and_skips(runs_root, tmp_path, capsys):
     assert lines[0].startswith("| method") and "minmax" in lines[1] and "cam-avg" in lines[2]
     code, _, err = cli(capsys, "report", str(runs_root), "--metrics", "f1")
     assert code == 2 and "Unknown metric 'f1'" in err and "Traceback" not in err
+
+
+def test_columns_scored_under_wsolevaluations_geometry_name_it(tmp_path):
+    box = {"maxboxaccv2": 60.0, "cl_error": 10.0}
+    fake_run(tmp_path, "a", "cam-avg", "wsoleval/CUB", 0, eval_protocol="wsoleval", **box)
+    # a run written before eval_protocol was recorded: the box protocol's text names the geometry
+    fake_run(tmp_path, "b", "cam-avg", "wsoleval/CUB", 1, protocol={"box": "contour boxes; geometry wsoleval"}, **box)
+    fake_run(tmp_path, "c", "cam-avg", "glas", 0, eval_protocol="native", **box)
+    summary = rep.summarize(rep.collect([tmp_path]).runs, ["cl_error", "maxboxaccv2"])
+    assert summary.at[("cam-avg", "wsoleval/CUB"), "n_runs"] == 2
+    for text in (rep.to_text(summary), rep.to_markdown(summary), rep.to_latex(summary)):
+        assert text.count("MaxBoxAccV2 (wsoleval)") == 1, text  # the CUB column, not GlaS's
+        assert "Err. (wsoleval)" not in text  # classification has no geometry
+        assert "224 x 224" in text
+    back = pd.read_csv(io.StringIO(rep.to_csv(summary)))
+    assert dict(zip(back["dataset"], back["eval_protocol"])) == {"wsoleval/CUB": "wsoleval", "glas": "native"}
+
+
+def test_one_dataset_under_two_geometries_is_two_column_groups(tmp_path):
+    fake_run(tmp_path, "a", "cam-avg", "synthetic", 0, eval_protocol="wsoleval", maxboxaccv2=60.0)
+    fake_run(tmp_path, "b", "cam-avg", "synthetic", 1, eval_protocol="native", maxboxaccv2=20.0)
+    summary = rep.summarize(rep.collect([tmp_path]).runs, ["maxboxaccv2"])
+    assert summary.at[("cam-avg", "synthetic (wsoleval)"), "maxboxaccv2_mean"] == 60.0
+    assert summary.at[("cam-avg", "synthetic"), "maxboxaccv2_mean"] == 20.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ from test_data_cli import cli, server, wide_console  # noqa: F401 - fixtures
 from wsolbench_plugins.datasets import wsoleval as module
 from wsolbench_plugins.datasets.wsoleval import WsolEval
 
+from wsolbench import config
 from wsolbench.data.files import boxes_mask
 from wsolbench.errors import ConfigError, DataError
+from wsolbench.training import runner
 
 NAMES = ("CUB", "ILSVRC", "OpenImages")
 
@@ -212,3 +215,20 @@ def test_published_metadata_is_pinned():
     assert all(module.COMMIT in r.url and r.url.endswith(r.filename) and len(r.git_sha1) == 40 for r in resources)
     empty = git_blob(b"")  # OpenImages publishes empty image_sizes.txt files
     assert [r.git_sha1 == empty for r in resources if r.filename.endswith("image_sizes.txt")] == [True] * 3
+
+
+@pytest.mark.parametrize(("name", "selected"), [("CUB", "maxboxaccv2"), ("OpenImages", "pxap")])
+def test_a_run_selects_on_the_protocols_metric_and_names_the_dataset(trees, tmp_path, name, selected):
+    cfg = config.resolve(
+        "cam-avg", "wsoleval", "quick",
+        options={"output_dir": str(tmp_path), "run_name": name, "device": "cpu", "data_root": str(trees[name]),
+                 "train": {"epochs": 1}},
+        sets=[f"dataset.dataset_name={name}", "dataset.resize_square=40", "dataset.crop_size=32",
+              "train.batch_size=4", "eval.batch_size=4", "eval.pictures=0", "eval.cam_curve_interval=0.1"],
+    )
+    assert cfg.eval.select == "localization"  # the dataset's profile: select on the protocol's metric
+    result = runner.run(cfg)
+    assert result.results["selected_on"] == selected
+    assert result.results["dataset"] == f"wsoleval/{name}"  # three datasets told apart in reports
+    epoch = json.loads((result.run_dir.path / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"valid_{selected}" in epoch

@@ -74,7 +74,7 @@ TIE_RULES = ("loss", "last")
 class EvalConfig:
     batch_size: int = 8
     threshold: float = 0.5
-    bins: int = 1000  #: histogram bins of PxAP and best-threshold metrics
+    bins: int = 1000  #: histogram bins of PxAP and best-threshold metrics (under protocol "wsoleval": the cam_curve_interval grid)
     every: int = 1  #: validate every N epochs
     pad_multiple: int = 32
     pictures: int = 8  #: test images drawn in overlays.png, with pr_curve.png; 0: no pictures
@@ -86,8 +86,9 @@ class EvalConfig:
     select: str = "cl_error"  #: the validation metric that keeps the best epoch (:data:`SELECT_METRICS`)
 
 
-#: ``eval.select``'s choices: classification error and loss, or a localization metric of the validation maps
-SELECT_METRICS = ("cl_error", "loss", "maxboxaccv2", "pxap", "f1_neg")
+#: ``eval.select``'s choices: classification error and loss, a localization metric of the validation maps, or
+#: ``localization``: the dataset's own localization metric (``Dataset.localization_metric``: what its protocol ranks by)
+SELECT_METRICS = ("cl_error", "loss", "maxboxaccv2", "pxap", "f1_neg", "localization")
 
 
 @dataclass

@@ -226,6 +226,14 @@ class Dataset:
     split_names: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
     #: dense-CRF parameters (keys of :class:`wsolbench.crf.CrfParams`); ``None``: natural-image ones
     crf_params: ClassVar[dict[str, Any] | None] = None
+    #: the validation metric of ``eval.select = "localization"`` (the dataset's protocol); may be a property
+    localization_metric: ClassVar[str] = "maxboxaccv2"
+
+    @property
+    def report_name(self) -> str:
+        """The dataset's name in ``results.json`` and report columns: the plug-in's name unless the plug-in
+        serves several datasets (``wsoleval/CUB``); the run's ``dataset`` setting by default (``""``)."""
+        return ""
 
     def __init__(self, root: str | None = None, seed: int = 0, **params: Any):
         unknown = set(params) - set(self.defaults)

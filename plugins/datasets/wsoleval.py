@@ -168,10 +168,22 @@ class WsolEval(FileDataset):
         "resize_square": 256,  #: training images resized to this square, then cropped; 0: the shared resizing
         "crop_size": 224,  #: training crop; evaluation images are resized to this square (wsolevaluation)
     }
+    #: wsolevaluation's protocol selects the model on the validation split's localization (CVPR 2020, Section 4)
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
-        "quick": {"dataset": {"resize_square": 128, "crop_size": 112, "max_per_class": 2}},
-        "paper": {"train": {"num_workers": 4}},
+        "quick": {"dataset": {"resize_square": 128, "crop_size": 112, "max_per_class": 2},
+                  "eval": {"select": "localization"}},
+        "paper": {"train": {"num_workers": 4}, "eval": {"select": "localization"}},
     }
+
+    @property
+    def localization_metric(self) -> str:  # type: ignore[override]
+        """PxAP on OpenImages (masks), MaxBoxAccV2 on CUB and ImageNet (boxes), as the paper reports them."""
+        return "pxap" if self.params["dataset_name"] == "OpenImages" else "maxboxaccv2"
+
+    @property
+    def report_name(self) -> str:
+        """``wsoleval/CUB``, ``wsoleval/ILSVRC`` or ``wsoleval/OpenImages``: one plug-in, three datasets."""
+        return f"wsoleval/{self.params['dataset_name']}"
 
     def __init__(self, root: str | None = None, seed: int = 0, **params: Any):
         super().__init__(root, seed, **params)

@@ -315,7 +315,8 @@ def results_table(results: dict, title: str) -> Table:
 
     crf = results.get("crf")
     crf = {**crf, "cl_error": results.get("cl_error")} if isinstance(crf, dict) else None  # the CRF keeps the classes
-    table = Table(title=title, caption=selection_note(results), caption_justify="left")
+    notes = [note for note in (selection_note(results), thresholds_note(results)) if note]
+    table = Table(title=title, caption="\n".join(notes) or None, caption_justify="left")
     table.add_column("metric")
     table.add_column("as given", justify="right")
     if crf is not None:
@@ -342,6 +343,18 @@ def selection_note(results: dict) -> str | None:
            if ties > 1 else "no other validated epoch reached its selection value")
     return (f"model kept: best_epoch {results.get('best_epoch')} (epochs counted from 0), validation error "
             f"{results.get('valid_error', float('nan')):.2f}%; {tie} (train.select_ties = {rule})")
+
+
+def thresholds_note(results: dict) -> str | None:
+    """Which split chose the thresholds of the "(val thr.)" rows and of top-k localization."""
+    source = results.get("thresholds_from")
+    if source is None or "maxboxacc" not in results:
+        return None
+    if source == "valid":
+        return ("thresholds of the (val thr.) rows and of Top-k Loc: chosen on the validation split, applied here; "
+                "MaxBoxAcc, BoxAcc@k and Dice* take the test-optimal threshold")
+    return (f"no validation split was scored: Top-k Loc takes the threshold of MaxBoxAcc on the {source} split "
+            f"itself, and the (val thr.) rows are empty")
 
 
 def metric_notes(results: dict) -> str:

@@ -54,8 +54,26 @@ DEFAULT_METRICS = tuple(name for name, metric in METRICS.items() if metric.defau
 FORMATS = ("table", "csv", "latex", "markdown")
 
 
-def column_title(metric: str, latex: bool = False) -> str:
-    return METRICS[metric].latex if latex else METRICS[metric].title
+#: ``eval.protocol``'s default geometry: its columns carry no mark
+NATIVE = "native"
+
+
+def column_title(metric: str, latex: bool = False, geometry: str = NATIVE) -> str:
+    """``metric``'s column title; scored under another geometry than the native one (``eval.protocol``), the
+    localization metrics name it: ``MaxBoxAccV2 (wsoleval)``."""
+    title = METRICS[metric].latex if latex else METRICS[metric].title
+    if geometry != NATIVE and METRICS[metric].protocol != "classification":
+        title += f" ({geometry})"
+    return title
+
+
+def _geometry(results: dict[str, Any]) -> str:
+    """The run's ``eval.protocol``: recorded as ``eval_protocol``, or read from the box protocol's text."""
+    recorded = results.get("eval_protocol")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    box = str((results.get("protocol") or {}).get("box", ""))
+    return box.rsplit("geometry ", 1)[1].strip() if "geometry " in box else NATIVE
 
 
 # -- reading runs ---------------------------------------------------------------
@@ -138,6 +156,7 @@ def read_run(path: Path) -> list[dict[str, Any]]:
         "provided_by": json.dumps(_provided_by(results, manifest), sort_keys=True),
         "code": describe_code(manifest.get("code")),
         "data": _data_sha(manifest),
+        "eval_protocol": _geometry(results),
     }
     records = [{**base, **{m: _number(results.get(m)) for m in METRICS}, "histograms": str(path / HISTOGRAMS)}]
     crf = results.get("crf")
@@ -159,9 +178,13 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collection:
             records.extend(read_run(path))
         except _Skip as exc:
             skipped.append(Skipped(str(path), str(exc)))
-    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", "code", "data", *METRICS,
-               "histograms"]
+    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", "code", "data",
+               "eval_protocol", *METRICS, "histograms"]
     runs = pd.DataFrame(records, columns=columns)
+    # one dataset scored under two geometries is two column groups, never one mean
+    mixed = runs.groupby("dataset")["eval_protocol"].transform("nunique") > 1
+    other = mixed & (runs["eval_protocol"] != NATIVE)
+    runs.loc[other, "dataset"] = runs.loc[other, "dataset"] + " (" + runs.loc[other, "eval_protocol"] + ")"
     if len(runs):  # a rerun of the same label, dataset and seed replaces the older run, CRF row included
         runs = runs.sort_values(["finished", "path"], kind="stable")
         base = runs[~runs["label"].str.endswith(CRF_SUFFIX)]
@@ -218,10 +241,17 @@ def summarize(
     stats.columns = [f"{m}_{s}" for m, s in stats.columns]
     stats.insert(0, "n_runs", groups.size())
     stats.insert(1, "seeds", groups["seed"].agg(lambda s: " ".join(str(x) for x in sorted(s))))
+    stats.insert(2, "eval_protocol", groups["eval_protocol"].first())
     order = pd.MultiIndex.from_product([row_order, dataset_order], names=["label", "dataset"])
     summary = stats.reindex([key for key in order if key in stats.index])
-    summary.attrs.update(metrics=metrics, rows=row_order, datasets=dataset_order)
+    geometry = runs.groupby("dataset")["eval_protocol"].first().to_dict()
+    summary.attrs.update(metrics=metrics, rows=row_order, datasets=dataset_order,
+                         geometry={d: geometry.get(d, NATIVE) for d in dataset_order})
     return summary
+
+
+def _title(summary: pd.DataFrame, dataset: str, metric: str, latex: bool = False) -> str:
+    return column_title(metric, latex, summary.attrs.get("geometry", {}).get(dataset, NATIVE))
 
 
 def _best(summary: pd.DataFrame, metric: str, dataset: str) -> set[str]:
@@ -275,6 +305,8 @@ def notes(summary: pd.DataFrame, latex: bool = False, bold: str = "in bold") -> 
         shown = [column_title(m, latex) for m in metrics if METRICS[m].protocol == protocol.name]
         if shown:
             lines.append(protocol.note.format(metrics=", ".join(shown), pct="\\%" if latex else "%"))
+    for geometry in sorted(set(summary.attrs.get("geometry", {}).values()) - {NATIVE}):
+        lines.append(GEOMETRY_NOTES.get(geometry, "({g}): scored under eval.protocol = {g}.").format(g=geometry))
     name = latex_escape if latex else str
     pm = "$\\pm$" if latex else "±"
     counts = summary["n_runs"]
@@ -285,6 +317,13 @@ def notes(summary: pd.DataFrame, latex: bool = False, bold: str = "in bold") -> 
         stats += f" (fewer for {'; '.join(fewer)})"
     lines.append(stats + f"; best value per column {bold}; - : not applicable.")
     return lines
+
+
+#: the note under a table with columns scored under another geometry (``eval.protocol``)
+GEOMETRY_NOTES = {
+    "wsoleval": "({g}): maps, masks and boxes resized to 224 x 224 as clovaai/wsolevaluation scores them "
+                "(eval.protocol = {g}).",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -304,7 +343,7 @@ def to_rich(summary: pd.DataFrame, title: str = "", plain: bool = False) -> Any:
     table.add_column("method", style="bold")
     for i, (dataset, metric) in enumerate(grid.columns):
         first = i == 0 or grid.columns[i - 1][0] != dataset
-        table.add_column(f"{escape(dataset) if first else ''}\n{column_title(metric)}", justify="right")
+        table.add_column(f"{escape(dataset) if first else ''}\n{_title(summary, dataset, metric)}", justify="right")
     for label in grid.rows:
         values = []
         for col in grid.columns:
@@ -340,7 +379,7 @@ def to_csv(summary: pd.DataFrame) -> str:
 def _display_frame(summary: pd.DataFrame, pm: str, latex: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Strings with (dataset, title) columns and a same-shaped frame of booleans (best cells)."""
     grid = cells(summary, pm)
-    columns = pd.MultiIndex.from_tuples([(d, column_title(m, latex)) for d, m in grid.columns])
+    columns = pd.MultiIndex.from_tuples([(d, _title(summary, d, m, latex)) for d, m in grid.columns])
     text = pd.DataFrame([[grid.text[r][c] for c in grid.columns] for r in grid.rows], index=grid.rows, columns=columns)
     best = pd.DataFrame([[c in grid.best[r] for c in grid.columns] for r in grid.rows], index=grid.rows, columns=columns)
     return text, best

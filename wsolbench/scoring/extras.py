@@ -9,12 +9,16 @@ results and directory:
   per-image ``crf_f1_pos`` / ``crf_f1_neg`` columns in ``per_image.csv`` and the
   refined maps' score histograms in ``histograms_crf.npz``;
 - with ``eval.pictures = N > 0``: ``overlays.png`` (the first N test images with
-  their true and predicted masks) and ``pr_curve.png`` (pixel precision-recall).
+  their true and predicted masks, and their true boxes beside the predicted
+  one: the largest contour's box at the threshold of ``top1_loc``, the
+  validation split's when it was scored, drawn on the map at the image's own
+  size) and ``pr_curve.png`` (pixel precision-recall).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -23,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsolbench import crf
+from wsolbench.data.boxes import boxes_from_mask
 from wsolbench.runs.rundir import CRF_HISTOGRAMS, OVERLAYS, PR_CURVE, RunDir
 from wsolbench.scoring import plots
-from wsolbench.scoring.metrics import LocalizationAccumulator
+from wsolbench.scoring.metrics import LocalizationAccumulator, contour_boxes, to_uint8
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:
@@ -83,7 +88,15 @@ class TestExtras:
         if picture:
             name = self.ids[index] if self.ids else str(index)
             truth = mask.detach().cpu().numpy().reshape(prob_np.shape) >= 0.5
-            self.samples.append((index, plots.Sample(name, image, truth, prob_np, refined)))
+            boxes = self._true_boxes(index, mask)
+            self.samples.append((index, plots.Sample(name, image, truth, prob_np, refined, boxes)))
+
+    def _true_boxes(self, index: int, mask: Tensor) -> np.ndarray:
+        """The item's own boxes (in the mask's frame), or one per connected component of its mask."""
+        boxes = self.split[index].get("boxes")
+        if boxes is None:
+            boxes = boxes_from_mask(mask.detach().cpu().reshape(mask.shape[-2:]))
+        return boxes.reshape(-1, 4).cpu().numpy().astype(np.int64)
 
     def gather(self, ctx: Any) -> None:
         """Bring together what every process saw (``ctx``: a :class:`wsolbench.training.distributed.Context`), in image order."""
@@ -113,6 +126,7 @@ class TestExtras:
         if self.crf_params is not None and self.crf_acc.hist_fg is not None:
             target.write_histograms(CRF_HISTOGRAMS, fg=self.crf_acc.hist_fg.numpy(), bg=self.crf_acc.hist_bg.numpy())
         if self.samples:
+            self._predict_boxes(test.metrics)
             plots.draw_overlays([s for _, s in self.samples], target.path / OVERLAYS, self.threshold)
             acc = test.accumulator
             if acc is not None and acc.hist_fg is not None:
@@ -121,3 +135,16 @@ class TestExtras:
                     curves.append(plots.Curve("CRF", self.crf_acc.hist_fg.numpy(), self.crf_acc.hist_bg.numpy()))
                 plots.draw_pr_curves(curves, (target.path / PR_CURVE).with_suffix(""), threshold=self.threshold)
         return out
+
+    def _predict_boxes(self, metrics: dict[str, Any]) -> None:
+        """Each picture's predicted box: the largest contour's at ``top1_loc``'s threshold (the validation
+        split's ``box_threshold_val``, else the split's own ``box_threshold``)."""
+        threshold = metrics.get("box_threshold_val")
+        if threshold is None or not math.isfinite(threshold):
+            threshold = metrics.get("box_threshold")
+        if threshold is None or not math.isfinite(threshold):
+            return
+        for _, sample in self.samples:
+            image = to_uint8(torch.from_numpy(sample.map)).numpy()
+            found, _ = contour_boxes(image, np.array([int(threshold * float(image.max()))]))
+            sample.pred_box = found[0][0]

@@ -16,9 +16,13 @@ resolution; foreground is ``mask >= 0.5``.
     Pixel average precision (Choe et al., CVPR 2020, "wsolevaluation"): over
     the whole set, histograms of map values at foreground and background
     pixels in fixed bins of width ``1/bins`` (a value of exactly 1 has its own
-    bin); each bin's lower edge is a threshold; precision and recall at every
+    bin; under ``eval.protocol = "wsoleval"``, wsolevaluation's bins instead:
+    lower edges ``np.arange(0, 1, eval.cam_curve_interval)``, compared in
+    float64); each bin's lower edge is a threshold; precision and recall at every
     threshold from the reversed cumulative sums; AP = sum of precision x
-    recall increments, x100. O(pixels + bins).
+    recall increments, x100, summed as wsolevaluation's ``MaskEvaluator`` sums
+    them (NumPy's pairwise sum), so its number is reproduced to the last bit.
+    O(pixels + bins).
 ``dice_best`` / ``iou_best`` / ``threshold_best`` (a different protocol)
     Dice and IoU of all pixels of the set pooled together, at the single
     threshold (of the same grid) that maximises pooled Dice. NOT comparable
@@ -37,13 +41,28 @@ resolution; foreground is ``mask >= 0.5``.
     contour, each at its own best ``t`` (``box_threshold_30|50|70``), and
     ``maxboxaccv2`` is their mean. True boxes are the dataset's, or one per
     8-connected component of the mask.
+    These are test-optimal: each threshold is the best one for the scored
+    split itself.
+``boxacc_at_val`` / ``boxaccv2_at_val`` / ``boxacc_30|50|70_at_val`` / ``box_threshold_val*`` (the CVPR 2020 protocol)
+    The same boxes and IoUs at thresholds chosen on the validation split
+    (:class:`ChosenThresholds`): a run scores the validation split's maps once
+    with the kept model, takes the threshold of ``maxboxacc`` there
+    (``box_threshold_val``) and of each ``boxacc_30|50|70``
+    (``box_threshold_val_30|50|70``), and applies them to the test maps.
+    ``boxaccv2_at_val`` is the mean of the three. Never larger than their
+    test-optimal counterparts.
+``dice_at_val`` / ``iou_at_val`` / ``threshold_val``
+    Pooled Dice and IoU of the test pixels at the threshold that maximises
+    pooled Dice on the validation split (``threshold_val``).
 ``top1_loc`` / ``top5_loc`` / ``gt_known_loc``
-    The largest contour's box at the threshold of ``maxboxacc`` (chosen on the
-    scored split itself), IoU ``>= 0.5``; with the true class first among the
-    predictions (top-1), among the first five (top-5), or whatever the
-    prediction (GT-known). ``eval.map_class`` says whose class map is drawn
-    for every metric: ``ground_truth`` is the GT-known setting of
-    wsolevaluation.
+    The largest contour's box at the validation split's threshold of
+    ``maxboxacc`` (``box_threshold_val``), IoU ``>= 0.5``; with the true class
+    first among the predictions (top-1), among the first five (top-5), or
+    whatever the prediction (GT-known). Where no validation split was scored
+    (``evaluate --scoremaps``), the scored split's own threshold of
+    ``maxboxacc`` is used and ``results.json``'s ``protocol`` says so.
+    ``eval.map_class`` says whose class map is drawn for every metric:
+    ``ground_truth`` is the GT-known setting of wsolevaluation.
 """
 
 from __future__ import annotations
@@ -98,7 +117,8 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol(
             "pxap",
             "{metrics}: pixel average precision over the test set, fixed-bin histograms (x100).",
-            "pixel AP over the set, {bins} histogram bins",
+            "pixel AP over the set; bins: {bins} of equal width (geometry native) or wsolevaluation's "
+            "np.arange(0, 1, {cam_curve_interval}) (geometry wsoleval); geometry {protocol}",
         ),
         Protocol(
             "box",
@@ -109,16 +129,28 @@ PROTOCOLS: dict[str, Protocol] = {
             "contour boxes, inclusive IoU; maps of the {map_class} class; geometry {protocol}",
         ),
         Protocol(
+            "box_at_valid",
+            "{metrics}: the same boxes at the thresholds chosen on the validation split's maps with the kept "
+            "model, applied to test (CVPR 2020 protocol), beside the test-optimal MaxBoxAcc columns ({pct}).",
+            "test maps at the thresholds that are best on the {thresholds_from} split",
+        ),
+        Protocol(
             "box_localization",
-            "{metrics}: the largest contour's box at the threshold of MaxBoxAcc, IoU >= 0.5, and the true "
-            "class among the top-1 / top-5 predictions (GT-known: the box alone) ({pct}).",
-            "IoU >= 0.5 at the threshold of maxboxacc; maps of the {map_class} class",
+            "{metrics}: the largest contour's box at the validation split's threshold of MaxBoxAcc, IoU >= 0.5, "
+            "and the true class among the top-1 / top-5 predictions (GT-known: the box alone) ({pct}).",
+            "IoU >= 0.5 at the threshold of maxboxacc on the {thresholds_from} split; maps of the {map_class} class",
         ),
         Protocol(
             "best_threshold",
             "{metrics}: all test pixels pooled, at the threshold that maximises Dice: "
             "a different protocol, not comparable with F1 at 0.5.",
             "pooled over the set at the threshold maximising Dice (not comparable with F1)",
+        ),
+        Protocol(
+            "pixel_at_valid",
+            "{metrics}: all test pixels pooled, at the threshold that maximises pooled Dice on the validation "
+            "split: not comparable with F1 at 0.5.",
+            "pooled over the set at the threshold maximising Dice on the {thresholds_from} split",
         ),
     )
 }
@@ -135,37 +167,58 @@ METRICS: dict[str, Metric] = {
         Metric("pxap", "PxAP", "PxAP", "higher", "pxap",
                "pixel average precision over the set, fixed-bin histograms (x100)", default=True),
         Metric("maxboxacc", "MaxBoxAcc", "MaxBoxAcc", "higher", "box",
-               "share of images whose largest contour's box has IoU >= 0.5 with a true box, at the best "
+               "share of images whose largest contour's box has IoU >= 0.5 with a true box, at the test-optimal "
                "threshold (%; CVPR 2020 v1)"),
         Metric("maxboxaccv2", "MaxBoxAccV2", "MaxBoxAccV2", "higher", "box",
-               "mean over IoU 0.3/0.5/0.7 of the best-threshold share of images with any contour's box "
+               "mean over IoU 0.3/0.5/0.7 of the test-optimal-threshold share of images with any contour's box "
                "matching a true box (%)"),
         *(Metric(f"boxacc_{iou}", f"BoxAcc@{iou}", f"BoxAcc@{iou}", "higher", "box",
-                 f"best-threshold share of images with any contour's box of IoU >= 0.{iou // 10} "
+                 f"test-optimal-threshold share of images with any contour's box of IoU >= 0.{iou // 10} "
                  f"(%; a term of MaxBoxAccV2)") for iou in (30, 50, 70)),
         Metric("box_threshold", "Thr.box", "$\\tau_{box}$", "none", "box",
-               "the map threshold of maxboxacc", decimals=3),
+               "the map threshold of maxboxacc (test-optimal)", decimals=3),
         *(Metric(f"box_threshold_{iou}", f"Thr.box@{iou}", f"$\\tau_{{{iou}}}$", "none", "box",
-                 f"the map threshold of boxacc_{iou}", decimals=3) for iou in (30, 50, 70)),
+                 f"the map threshold of boxacc_{iou} (test-optimal)", decimals=3) for iou in (30, 50, 70)),
+        Metric("boxacc_at_val", "BoxAcc (val thr.)", "BoxAcc$_{val}$", "higher", "box_at_valid",
+               "share of images whose largest contour's box has IoU >= 0.5, at the threshold of maxboxacc on "
+               "the validation split (%; the CVPR 2020 protocol's operating point)"),
+        Metric("boxaccv2_at_val", "BoxAccV2 (val thr.)", "BoxAccV2$_{val}$", "higher", "box_at_valid",
+               "mean of boxacc_30|50|70_at_val (%)"),
+        *(Metric(f"boxacc_{iou}_at_val", f"BoxAcc@{iou} (val thr.)", f"BoxAcc@{iou}$_{{val}}$", "higher",
+                 "box_at_valid", f"share of images with any contour's box of IoU >= 0.{iou // 10}, at the "
+                 f"threshold of boxacc_{iou} on the validation split (%)") for iou in (30, 50, 70)),
+        Metric("box_threshold_val", "Thr.box (val)", "$\\tau_{box}^{val}$", "none", "box_at_valid",
+               "the map threshold of maxboxacc on the validation split", decimals=3),
+        *(Metric(f"box_threshold_val_{iou}", f"Thr.box@{iou} (val)", f"$\\tau_{{{iou}}}^{{val}}$", "none",
+                 "box_at_valid", f"the map threshold of boxacc_{iou} on the validation split", decimals=3)
+          for iou in (30, 50, 70)),
         Metric("top1_loc", "Top-1 Loc", "Top-1 Loc", "higher", "box_localization",
-               "true class predicted first and box IoU >= 0.5 (%)"),
+               "true class predicted first and box IoU >= 0.5 at box_threshold_val (%)"),
         Metric("top5_loc", "Top-5 Loc", "Top-5 Loc", "higher", "box_localization",
-               "true class among the top 5 predictions and box IoU >= 0.5 (%)"),
+               "true class among the top 5 predictions and box IoU >= 0.5 at box_threshold_val (%)"),
         Metric("gt_known_loc", "GT-known Loc", "GT-known Loc", "higher", "box_localization",
-               "box IoU >= 0.5 whatever the prediction (%)"),
+               "box IoU >= 0.5 at box_threshold_val whatever the prediction (%)"),
         Metric("dice_best", "Dice*", "Dice$^*$", "higher", "best_threshold",
-               "pooled Dice at the best threshold (x100), a different protocol from F1 at 0.5"),
+               "pooled Dice at the test-optimal threshold (x100), a different protocol from F1 at 0.5"),
         Metric("iou_best", "IoU*", "IoU$^*$", "higher", "best_threshold",
                "pooled IoU at the threshold of dice_best (x100)"),
         Metric("threshold_best", "Thr.*", "$\\tau^*$", "none", "best_threshold",
-               "the threshold that maximises pooled Dice", decimals=3),
+               "the threshold that maximises pooled Dice on the test split (test-optimal)", decimals=3),
+        Metric("dice_at_val", "Dice (val thr.)", "Dice$_{val}$", "higher", "pixel_at_valid",
+               "pooled Dice at the threshold that maximises pooled Dice on the validation split (x100)"),
+        Metric("iou_at_val", "IoU (val thr.)", "IoU$_{val}$", "higher", "pixel_at_valid",
+               "pooled IoU at threshold_val (x100)"),
+        Metric("threshold_val", "Thr. (val)", "$\\tau_{val}$", "none", "pixel_at_valid",
+               "the threshold that maximises pooled Dice on the validation split", decimals=3),
     )
 }
 
 
-def protocol_record(settings: object) -> dict[str, str]:
-    """``results.json``'s ``protocol``: how the recorded metrics were computed with these ``eval`` settings."""
-    return {p.name: p.record.format(**vars(settings)) for p in PROTOCOLS.values() if p.record}
+def protocol_record(settings: object, thresholds_from: str = "valid") -> dict[str, str]:
+    """``results.json``'s ``protocol``: how the recorded metrics were computed with these ``eval`` settings,
+    the thresholds of the ``*_at_val`` metrics and of ``top*_loc`` chosen on the ``thresholds_from`` split."""
+    return {p.name: p.record.format(**vars(settings), thresholds_from=thresholds_from)
+            for p in PROTOCOLS.values() if p.record}
 
 
 
@@ -204,6 +257,9 @@ class LocalizationAccumulator:
 
     bins: int = 1000
     threshold: float = 0.5
+    #: the bins' lower edges, float64 ``(bins + 1,)``, in place of ``j / bins``: wsolevaluation's grid
+    #: (:func:`wsoleval_edges`), a value counted in the last edge at or below it (``np.histogram``'s rule)
+    edges: Tensor | None = None
     f1_pos: list[Tensor] = field(default_factory=list)
     f1_neg: list[Tensor] = field(default_factory=list)
     hist_fg: Tensor | None = None
@@ -232,7 +288,11 @@ class LocalizationAccumulator:
         # one bincount for both histograms: background bins 0..B, foreground bins B+1..2B+1;
         # truncation is the floor on [0, bins]; int16 indices are the fastest to convert and to count
         index_type = torch.int16 if 2 * (self.bins + 1) <= torch.iinfo(torch.int16).max else torch.int64
-        index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
+        if self.edges is None:
+            index = (maps * self.bins).clamp_(0, self.bins).to(index_type)
+        else:  # compared in float64, as NumPy compares float32 maps with float64 edges
+            edges = self.edges.to(maps.device)
+            index = (torch.bucketize(maps.double(), edges, right=True) - 1).clamp_(0, self.bins).to(index_type)
         index.add_(gt, alpha=self.bins + 1)
         if ignore is not None:
             index = index[~ignore.reshape(index.shape).bool()]
@@ -253,24 +313,28 @@ class LocalizationAccumulator:
     def n_images(self) -> int:
         return sum(len(x) for x in self.f1_pos)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, pixel_bin: int | None = None) -> dict[str, float]:
+        """The metrics; ``pixel_bin`` (a threshold chosen on another split) adds them at that bin
+        (see :func:`histogram_metrics`)."""
         if self.hist_fg is None:
             return {"f1_pos": float("nan"), "f1_neg": float("nan"), "pxap": float("nan"), "n_images": 0}
         out = {
             "f1_pos": torch.cat(self.f1_pos).mean().item(),
             "f1_neg": torch.cat(self.f1_neg).mean().item(),
         }
-        out.update(histogram_metrics(self.hist_fg, self.hist_bg))
+        out.update(histogram_metrics(self.hist_fg, self.hist_bg, pixel_bin))
         out["n_images"] = self.n_images
         return out
 
 
-def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor) -> dict[str, float]:
+def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor, pixel_bin: int | None = None) -> dict[str, float]:
     """PxAP and best-threshold pooled Dice/IoU from fixed-bin histograms.
 
     ``hist_*[j]`` counts pixels whose bin index is ``j`` (value in
     ``[j/B, (j+1)/B)``, ``j = B`` for a value of 1). Threshold ``j/B`` calls
-    positive every pixel with bin index ``>= j``.
+    positive every pixel with bin index ``>= j``. ``pixel_bin``, a bin index
+    chosen elsewhere (:attr:`ChosenThresholds.pixel_bin`), adds
+    ``dice_at_val``, ``iou_at_val`` and ``threshold_val`` at threshold ``pixel_bin / B``.
     """
     bins = hist_fg.numel() - 1
     fg = hist_fg.double().cpu()
@@ -278,26 +342,59 @@ def histogram_metrics(hist_fg: Tensor, hist_bg: Tensor) -> dict[str, float]:
     tp = fg.flip(0).cumsum(0)  # thresholds from high (index B) to low (index 0)
     fp = bg.flip(0).cumsum(0)
     n_fg = fg.sum()
-    predicted = tp + fp
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    if n_fg > 0:
-        recall = tp / n_fg
-        steps = torch.diff(recall, prepend=recall.new_zeros(1))
-        pxap = 100.0 * torch.cumsum(precision * steps, 0)[-1].item()  # summed in order: reproducible to the bit
-    else:
-        pxap = float("nan")
+    pxap = average_precision(fg, bg)
     fn = n_fg - tp
     denom = 2 * tp + fp + fn
     dices = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
     best = int(torch.argmax(dices).item())
     union = tp + fp + fn
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.ones_like(tp))
+    at = None if pixel_bin is None else bins - pixel_bin  # the position of bin ``pixel_bin`` in the flipped sums
     return {
         "pxap": pxap,
         "dice_best": 100.0 * dices[best].item(),
         "iou_best": 100.0 * iou[best].item(),
         "threshold_best": (bins - best) / bins,
+        "dice_at_val": float("nan") if at is None else 100.0 * dices[at].item(),
+        "iou_at_val": float("nan") if at is None else 100.0 * iou[at].item(),
+        "threshold_val": float("nan") if at is None else pixel_bin / bins,
     }
+
+
+def average_precision(hist_fg: Tensor, hist_bg: Tensor) -> float:
+    """PxAP (x100) from histograms, in wsolevaluation's arithmetic to the last bit (``MaskEvaluator.compute``).
+
+    From the highest bin down: ``tp`` and ``fp`` are the reversed cumulative
+    sums, precision ``tp / (tp + fp)``, recall ``tp / (tp + fn)``; the
+    products of precision and recall increments at the thresholds that
+    predict something are summed by ``np.sum`` (NumPy's pairwise summation:
+    its order decides the last bits). NaN without a foreground pixel.
+    """
+    fg = hist_fg.double().cpu().numpy()
+    bg = hist_bg.double().cpu().numpy()
+    n_fg = fg.sum()
+    if n_fg <= 0:
+        return float("nan")
+    tp, fp = fg[::-1].cumsum(), bg[::-1].cumsum()
+    fn = n_fg - tp
+    predicted = tp + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / predicted
+    recall = tp / (tp + fn)
+    steps = np.diff(recall, prepend=0.0)
+    return float(np.sum((precision * steps)[predicted != 0]) * 100)
+
+
+def wsoleval_edges(interval: float) -> Tensor:
+    """The lower edges of wsolevaluation's PxAP bins: ``np.arange(0, 1, interval)`` and 1 (the bin of a value
+    of exactly 1; its bin ``[2, 3)`` is always empty for maps in [0, 1] and is left out)."""
+    return torch.from_numpy(np.append(cam_thresholds(interval), 1.0))
+
+
+def best_dice_bin(hist_fg: Tensor, hist_bg: Tensor) -> int:
+    """The bin index ``j`` whose threshold ``j / B`` maximises pooled Dice (that of ``threshold_best``)."""
+    bins = hist_fg.numel() - 1
+    return round(histogram_metrics(hist_fg, hist_bg)["threshold_best"] * bins)
 
 
 def precision_recall_curve(hist_fg: Tensor, hist_bg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -447,18 +544,44 @@ class BoxAccumulator:
         return out
 
     def compute(
-        self, logits: Tensor | None = None, labels: Tensor | None = None, threshold_index: int | None = None
+        self, logits: Tensor | None = None, labels: Tensor | None = None, chosen: ChosenThresholds | None = None
     ) -> dict[str, float]:
-        """The box metrics; ``top*_loc`` with ``logits`` and ``labels``, at ``threshold_index`` if given
-        (a threshold chosen elsewhere, e.g. on validation), else at the threshold of ``maxboxacc``."""
+        """The box metrics; ``top*_loc`` with ``logits`` and ``labels``; the ``*_at_val`` metrics, and
+        ``top*_loc``'s threshold, from ``chosen`` (thresholds of the validation split; see :func:`box_metrics`)."""
         return box_metrics(torch.cat(self.iou_largest) if self.iou_largest else torch.empty(0, len(self.thresholds)),
                            torch.cat(self.iou_any) if self.iou_any else torch.empty(0, len(self.thresholds)),
-                           self.thresholds, logits, labels, threshold_index)
+                           self.thresholds, logits, labels, chosen)
 
 
 def maxboxacc_index(iou_largest: Tensor) -> int:
     """The threshold index of MaxBoxAcc (the first of equal accuracies) from ``(N, T)`` IoUs."""
     return int(np.argmax((iou_largest.numpy() >= 0.5).sum(0)))
+
+
+@dataclass(frozen=True)
+class ChosenThresholds:
+    """Thresholds chosen on one split (the validation split) to score another at (the CVPR 2020 protocol).
+
+    ``box`` and ``box_iou`` index the grid of :func:`cam_thresholds`;
+    ``pixel_bin`` is a histogram bin (threshold ``pixel_bin / eval.bins``), ``None`` without foreground.
+    """
+
+    box: int  #: the threshold of ``maxboxacc`` (largest contour, IoU 0.5)
+    box_iou: tuple[int, ...]  #: the threshold of each ``boxacc_30|50|70`` (every contour), in :data:`BOX_IOUS` order
+    pixel_bin: int | None = None  #: the threshold of ``dice_best``
+
+    @classmethod
+    def choose(cls, iou_largest: Tensor, iou_any: Tensor, hist_fg: Tensor | None = None,
+               hist_bg: Tensor | None = None) -> ChosenThresholds | None:
+        """The best thresholds of a split from its per-image IoUs ``(N, T)`` and histograms; ``None`` for no image."""
+        if iou_largest.shape[0] == 0:
+            return None
+        anyone = iou_any.numpy()
+        per_iou = tuple(int(np.argmax((anyone >= iou / 100).sum(0))) for iou in BOX_IOUS)
+        pixel = None
+        if hist_fg is not None and hist_bg is not None and float(hist_fg.sum()) > 0:
+            pixel = best_dice_bin(hist_fg, hist_bg)
+        return cls(maxboxacc_index(iou_largest), per_iou, pixel)
 
 
 def box_metrics(
@@ -467,12 +590,18 @@ def box_metrics(
     thresholds: np.ndarray,
     logits: Tensor | None = None,
     labels: Tensor | None = None,
-    threshold_index: int | None = None,
+    chosen: ChosenThresholds | None = None,
 ) -> dict[str, float]:
-    """The box metrics from per-image, per-threshold best IoUs ``(N, T)`` (see :class:`BoxAccumulator`)."""
+    """The box metrics from per-image, per-threshold best IoUs ``(N, T)`` (see :class:`BoxAccumulator`).
+
+    ``chosen`` (thresholds of another split, the validation split) gives the
+    ``*_at_val`` metrics and the threshold of ``top*_loc``; without it the
+    ``*_at_val`` metrics are NaN and ``top*_loc`` take ``maxboxacc``'s own threshold.
+    """
     n = iou_largest.shape[0]
+    at_valid = [name for name, metric in METRICS.items() if metric.protocol == "box_at_valid"]
     names = ["maxboxacc", "maxboxaccv2", *(f"boxacc_{i}" for i in BOX_IOUS), "box_threshold",
-             *(f"box_threshold_{i}" for i in BOX_IOUS), "top1_loc", "top5_loc", "gt_known_loc"]
+             *(f"box_threshold_{i}" for i in BOX_IOUS), *at_valid, "top1_loc", "top5_loc", "gt_known_loc"]
     if n == 0:
         return dict.fromkeys(names, float("nan"))
     largest, anyone = iou_largest.numpy(), iou_any.numpy()
@@ -489,8 +618,17 @@ def box_metrics(
         at = int(np.argmax(acc))
         out[f"boxacc_{iou}"], out[f"box_threshold_{iou}"] = float(acc[at]), float(thresholds[at])
     out["maxboxaccv2"] = float(np.average([out[f"boxacc_{i}"] for i in BOX_IOUS]))
-    chosen = best if threshold_index is None else threshold_index
-    hit = largest[:, chosen] >= 0.5
+    if chosen is None:
+        out.update(dict.fromkeys(at_valid, float("nan")))
+        at = best
+    else:
+        at = chosen.box
+        out["boxacc_at_val"], out["box_threshold_val"] = float(v1[at]), float(thresholds[at])
+        for iou, index in zip(BOX_IOUS, chosen.box_iou):
+            out[f"boxacc_{iou}_at_val"] = float(accuracy(anyone, iou)[index])
+            out[f"box_threshold_val_{iou}"] = float(thresholds[index])
+        out["boxaccv2_at_val"] = float(np.average([out[f"boxacc_{i}_at_val"] for i in BOX_IOUS]))
+    hit = largest[:, at] >= 0.5
     out["gt_known_loc"] = float(hit.mean() * 100.0)
     if logits is not None and labels is not None and logits.dim() == 2 and logits.shape[0] == n:
         ranked = logits.float().cpu().topk(min(5, logits.shape[1]), dim=1).indices.numpy()

@@ -18,7 +18,7 @@ from wsolbench.assembly import method_label
 from wsolbench.config import RunConfig
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import LocalizationAccumulator, protocol_record
+from wsolbench.scoring.metrics import ChosenThresholds, LocalizationAccumulator, protocol_record
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Evaluation:
     metrics: dict[str, float]
     per_image: list[dict[str, Any]] = field(default_factory=list)
     accumulator: LocalizationAccumulator | None = None
+    #: the split's own best thresholds, to score another split at (a validation split's, for the test split)
+    best_thresholds: ChosenThresholds | None = None
 
 
 def _number(value: Any) -> Any:
@@ -43,26 +45,32 @@ def results_record(
     label: str | None = None,
     provided_by: dict[str, Any] | None = None,
     classifies: bool = True,
+    thresholds_from: str = "valid",
+    dataset: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """``results.json``: the identity of what was scored, ``fields``, the metrics and how they were computed.
 
-    ``method`` and ``label`` default to ``cfg``'s method and its report label;
+    ``method`` and ``label`` default to ``cfg``'s method and its report label, ``dataset`` to ``cfg``'s
+    (a plug-in serving several datasets names the one scored: :attr:`Dataset.report_name`);
     ``cl_error``, ``top1_loc`` and ``top5_loc`` are null for methods that make no class prediction
-    (``classifies = False``).
+    (``classifies = False``). ``thresholds_from`` names the split whose best thresholds the
+    ``*_at_val`` metrics and ``top*_loc`` use (recorded as ``thresholds_from`` and in ``protocol``).
     """
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "method": method or cfg.method,
         "method_label": label or method_label(cfg),
-        "dataset": cfg.dataset,
+        "dataset": dataset or cfg.dataset,
         "seed": cfg.seed,
         "profile": cfg.profile,
         **({"provided_by": provided_by} if provided_by is not None else {}),
         **fields,
         **{k: _number(v) for k, v in metrics.items() if k != "loss"},
         **({} if classifies else {"cl_error": None, "top1_loc": None, "top5_loc": None}),
-        "protocol": protocol_record(cfg.eval),
+        "eval_protocol": cfg.eval.protocol,
+        "thresholds_from": thresholds_from,
+        "protocol": protocol_record(cfg.eval, thresholds_from),
     }
 
 

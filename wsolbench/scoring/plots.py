@@ -3,7 +3,7 @@
 Overlays are composed with NumPy and Pillow (cheap enough to draw at the end of
 every run). Curves are drawn with matplotlib's object-oriented API (``Figure``,
 no pyplot state, the non-interactive Agg renderer), so drawing works without a
-display. Colours: ground truth green, prediction red.
+display. Colours: ground truth green, prediction red (masks and boxes alike).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
-from wsolbench.scoring.metrics import histogram_metrics, precision_recall_curve
+from wsolbench.scoring.metrics import box_iou, histogram_metrics, precision_recall_curve
 
 TRUTH_RGB = (0, 200, 0)
 PREDICTION_RGB = (230, 20, 20)
@@ -35,6 +35,8 @@ class Sample:
     mask: np.ndarray  #: (H, W) bool ground truth
     map: np.ndarray  #: (H, W) float in [0, 1]
     crf: np.ndarray | None = None  #: (H, W) CRF marginals, when scored
+    true_boxes: np.ndarray | None = None  #: (K, 4) true boxes ``(x0, y0, x1, y1)``, inclusive, in the mask's frame
+    pred_box: np.ndarray | None = None  #: (4,) the predicted box (largest contour at the box threshold)
 
 
 @dataclass
@@ -86,11 +88,46 @@ def _fit(array: np.ndarray, tile: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize(size, resample))
 
 
+def box_outline(shape: tuple[int, int], box: Sequence[int], frame: tuple[int, int] | None = None) -> np.ndarray:
+    """The one-pixel outline ``(h, w)`` bool of ``box`` ``(x0, y0, x1, y1)`` (inclusive pixels of an image of
+    size ``frame``, ``shape`` by default) drawn on an image of ``shape``: the outer pixels of the box's
+    pixels once scaled, clipped to the image."""
+    h, w = shape
+    fh, fw = frame or shape
+    sx, sy = w / fw, h / fh
+    x0, y0 = int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy))
+    x1, y1 = int(np.ceil((box[2] + 1) * sx)) - 1, int(np.ceil((box[3] + 1) * sy)) - 1
+    x0, x1 = max(0, min(x0, w - 1)), max(0, min(x1, w - 1))
+    y0, y1 = max(0, min(y0, h - 1)), max(0, min(y1, h - 1))
+    out = np.zeros((h, w), dtype=bool)
+    out[y0 : y1 + 1, [x0, x1]] = True
+    out[[y0, y1], x0 : x1 + 1] = True
+    return out
+
+
+def boxes_panel(sample: Sample, image: np.ndarray) -> tuple[str, np.ndarray]:
+    """The image with the true boxes outlined in green and the predicted box in red (drawn last, on top);
+    the caption gives the predicted box's best IoU with a true box (x100)."""
+    panel = image.copy()
+    frame = sample.mask.shape
+    truths = [] if sample.true_boxes is None else [b for b in np.asarray(sample.true_boxes).reshape(-1, 4)]
+    for box in truths:
+        panel[box_outline(panel.shape[:2], box, frame)] = TRUTH_RGB
+    caption = "boxes"
+    if sample.pred_box is not None:
+        panel[box_outline(panel.shape[:2], sample.pred_box, frame)] = PREDICTION_RGB
+        if truths:
+            best = box_iou(np.asarray(sample.pred_box).reshape(1, 4), np.stack(truths)).max()
+            caption = f"box IoU {100 * best:.1f}"
+    return caption, panel
+
+
 def overlay_panels(sample: Sample, threshold: float = 0.5, tile: int = 160) -> list[tuple[str, np.ndarray]]:
     """The panels of one row of :func:`draw_overlays`: ``(caption, (h, w, 3) uint8)``.
 
     Every panel carries the true boundary in green; the prediction panels tint
-    the predicted pixels red.
+    the predicted pixels red. With boxes, a last panel shows them on the image
+    (:func:`boxes_panel`: true boxes green, the predicted box red), without the boundary.
     """
 
     image = _fit(sample.image, tile, Image.Resampling.BILINEAR)
@@ -110,6 +147,8 @@ def overlay_panels(sample: Sample, threshold: float = 0.5, tile: int = 160) -> l
         panel = panel.copy()
         panel[edge] = TRUTH_RGB
         out.append((caption, panel))
+    if sample.true_boxes is not None or sample.pred_box is not None:
+        out.append(boxes_panel(sample, image))
     return out
 
 
@@ -153,8 +192,9 @@ def draw_overlays(samples: Sequence[Sample], path: str | Path, threshold: float 
 
 
 def overlay_grid(samples: Sequence[Sample], threshold: float = 0.5, tile: int = 160) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 grid, one row per image: the image, the map, the mask at ``threshold``
-    and the CRF's mask when present; the true boundary in green, predicted pixels tinted red.
+    """An ``(H, W, 3)`` uint8 grid, one row per image: the image, the map, the mask at ``threshold``,
+    the CRF's mask when present and the boxes when known; the true boundary and boxes in green, predicted
+    pixels tinted red, the predicted box red.
 
     Composed with NumPy and Pillow (no plotting library): a few milliseconds per image.
     """

@@ -271,6 +271,7 @@ def evaluate_directory(
     rows = [{**row, **boxes} for row, boxes in zip(rows, box_columns(scores))]
     results = results_record(
         cfg, metrics, method="external", label=label or directory.resolve().name, split=split_name,
+        thresholds_from=split_name, dataset=dataset.report_name or cfg.dataset,
         scoremaps=str(directory.resolve()), cl_error=100.0 * wrong / len(ids) if preds and ids else None,
     )
     return ScoreMapEvaluation(results, Evaluation(metrics, rows, acc), extras, unmatched)

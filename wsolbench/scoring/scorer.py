@@ -23,11 +23,22 @@ from wsolbench.data.boxes import boxes_from_mask
 from wsolbench.scoring.metrics import (
     WSOLEVAL_SIZE,
     BoxAccumulator,
+    ChosenThresholds,
     LocalizationAccumulator,
     box_metrics,
     maxboxacc_index,
     scale_boxes,
+    wsoleval_edges,
 )
+
+
+def pixel_accumulator(settings: Any) -> LocalizationAccumulator:
+    """The pixel metrics' accumulator of the ``eval`` settings: ``eval.bins`` bins of equal width, or under
+    ``eval.protocol = "wsoleval"`` wsolevaluation's PxAP bins (the grid of ``eval.cam_curve_interval``)."""
+    if settings.protocol == "wsoleval":
+        edges = wsoleval_edges(settings.cam_curve_interval)
+        return LocalizationAccumulator(bins=len(edges) - 1, threshold=settings.threshold, edges=edges)
+    return LocalizationAccumulator(bins=settings.bins, threshold=settings.threshold)
 
 
 @dataclass
@@ -39,7 +50,7 @@ class Scorer:
     boxes: BoxAccumulator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pixels = LocalizationAccumulator(bins=self.settings.bins, threshold=self.settings.threshold)
+        self.pixels = pixel_accumulator(self.settings)
         self.boxes = BoxAccumulator(interval=self.settings.cam_curve_interval)
 
     def update(
@@ -84,22 +95,24 @@ class Scorer:
 
 def split_metrics(
     settings: Any, scores: dict[str, Tensor], hist_fg: Tensor | None, hist_bg: Tensor | None,
-    logits: Tensor | None = None, labels: Tensor | None = None,
+    logits: Tensor | None = None, labels: Tensor | None = None, chosen: ChosenThresholds | None = None,
 ) -> tuple[dict[str, float], LocalizationAccumulator]:
-    """The pixel and box metrics of a split from its per-image scores and histograms (of every process)."""
-    pixels = LocalizationAccumulator(bins=settings.bins, threshold=settings.threshold, f1_pos=[scores["f1_pos"]],
-                                     f1_neg=[scores["f1_neg"]], hist_fg=hist_fg, hist_bg=hist_bg)
-    metrics = pixels.compute()
+    """The pixel and box metrics of a split from its per-image scores and histograms (of every process);
+    with ``chosen`` (the validation split's thresholds) also the metrics at those thresholds."""
+    pixels = pixel_accumulator(settings)
+    pixels.f1_pos, pixels.f1_neg, pixels.hist_fg, pixels.hist_bg = [scores["f1_pos"]], [scores["f1_neg"]], hist_fg, hist_bg
+    metrics = pixels.compute(None if chosen is None else chosen.pixel_bin)
     thresholds = BoxAccumulator(interval=settings.cam_curve_interval).thresholds
-    metrics.update(box_metrics(scores["iou_largest"], scores["iou_any"], thresholds, logits, labels))
+    metrics.update(box_metrics(scores["iou_largest"], scores["iou_any"], thresholds, logits, labels, chosen))
     return metrics, pixels
 
 
-def box_columns(scores: dict[str, Tensor]) -> list[dict[str, float]]:
+def box_columns(scores: dict[str, Tensor], chosen: ChosenThresholds | None = None) -> list[dict[str, float]]:
     """``per_image.csv``'s box columns: each image's best IoU (x100) of the largest contour's box at the
-    threshold of MaxBoxAcc (``box_iou``), and of any contour's box there (``box_iou_any``)."""
+    threshold of ``top1_loc`` (``chosen``'s, else MaxBoxAcc's on this split) (``box_iou``), and of any
+    contour's box there (``box_iou_any``)."""
     if scores["iou_largest"].shape[0] == 0:
         return []
-    at = maxboxacc_index(scores["iou_largest"])
+    at = maxboxacc_index(scores["iou_largest"]) if chosen is None else chosen.box
     return [{"box_iou": round(100.0 * float(a), 4), "box_iou_any": round(100.0 * float(b), 4)}
             for a, b in zip(scores["iou_largest"][:, at].tolist(), scores["iou_any"][:, at].tolist())]

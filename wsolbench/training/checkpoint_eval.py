@@ -30,7 +30,7 @@ from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.outputs import results_record, write_outputs
 from wsolbench.training import distributed
 from wsolbench.training.checkpoints import load_model_state
-from wsolbench.training.engine import Listener, Precision, evaluate, make_loader
+from wsolbench.training.engine import Listener, Precision, evaluate, make_loader, validation_thresholds
 from wsolbench.utils import seed_everything
 
 
@@ -79,13 +79,19 @@ def evaluate_checkpoint(
         dist.broadcast_module(model)
         items = dataset.split(split, train=False)
         extras = TestExtras(cfg, dataset, items)
+        precision = Precision.choose(dev, cfg.train.amp)
+        listener = listener if dist.is_main else None
+        # the validation split's thresholds, as a run scores its test split (the split's own when it is "valid")
+        chosen = None if split == "valid" else validation_thresholds(model, dataset, cfg, precision, dist, listener)
         scored = evaluate(
-            model, make_loader(items, cfg, False, dev, seed_offset=2, dist=dist), Precision.choose(dev, cfg.train.amp),
-            cfg, localization=True, ids=getattr(items, "ids", None), listener=listener if dist.is_main else None,
-            on_map=extras.update, dist=dist, phase=split,
+            model, make_loader(items, cfg, False, dev, seed_offset=2, dist=dist), precision,
+            cfg, localization=True, ids=getattr(items, "ids", None), listener=listener,
+            on_map=extras.update, dist=dist, phase=split, thresholds=chosen,
         )
         extras.gather(dist)
         results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), classifies=model.classifies,
+                                 thresholds_from=split if chosen is None else "valid",
+                                 dataset=dataset.report_name or cfg.dataset,
                                  run=str(run.path), checkpoint=file.name, epoch=epoch, split=split)
         target = None
         if out is not None:

@@ -21,7 +21,7 @@ from wsolbench.config import RunConfig
 from wsolbench.data.samples import eval_collate, seed_worker, train_collate
 from wsolbench.errors import DataError, TrainingDivergedError, UserError
 from wsolbench.interfaces import Event, Method
-from wsolbench.scoring.metrics import classification_error
+from wsolbench.scoring.metrics import ChosenThresholds, classification_error
 from wsolbench.scoring.outputs import Evaluation
 from wsolbench.scoring.scorer import Scorer, box_columns, split_metrics
 from wsolbench.training.distributed import SINGLE, Context, TrainStep
@@ -235,6 +235,7 @@ def evaluate(
     on_map: Callable[[int, Tensor, Tensor], None] | None = None,
     dist: Context = SINGLE,
     phase: str = "test",
+    thresholds: ChosenThresholds | None = None,
 ) -> Evaluation:
     """Classification error and loss; with ``localization`` also the pixel and box metrics and per-image rows.
 
@@ -246,6 +247,9 @@ def evaluate(
     result covers every process's images, in order (see :mod:`wsolbench.training.distributed`).
     With ``eval.map_class = "ground_truth"`` the maps are those of each image's
     true class (the method localizes again the images it misclassifies).
+    ``thresholds`` (the validation split's best, :func:`validation_thresholds`)
+    give the ``*_at_val`` metrics and ``top*_loc``'s threshold; the result's
+    ``best_thresholds`` are this split's own.
     """
     device = precision.device
     method.eval()
@@ -288,19 +292,36 @@ def evaluate(
         "loss": F.cross_entropy(logits, labels).item(),
     }
     rows: list[dict[str, Any]] = []
-    acc = None
+    acc = best = None
     if localization:
-        scored, acc = split_metrics(cfg.eval, scores, hist["fg"], hist["bg"], logits, labels)
+        scored, acc = split_metrics(cfg.eval, scores, hist["fg"], hist["bg"], logits, labels, thresholds)
         metrics.update(scored)
+        best = ChosenThresholds.choose(scores["iou_largest"], scores["iou_any"], hist["fg"], hist["bg"])
         columns = zip(index.tolist(), labels.tolist(), logits.argmax(1).tolist(), scores["f1_pos"].tolist(),
-                      scores["f1_neg"].tolist(), box_columns(scores))
+                      scores["f1_neg"].tolist(), box_columns(scores, thresholds))
         rows = [
             {"id": ids[i] if ids else str(i), "label": y, "pred": p, "f1_pos": round(pos, 4), "f1_neg": round(neg, 4),
              **boxes}
             for i, y, p, pos, neg, boxes in columns
         ]
     metrics["n_images"] = int(labels.numel())
-    return Evaluation(metrics, rows, acc)
+    return Evaluation(metrics, rows, acc, best)
+
+
+def validation_thresholds(
+    method: Method, dataset: Any, cfg: RunConfig, precision: Precision, dist: Context = SINGLE,
+    listener: Listener | None = None,
+) -> ChosenThresholds | None:
+    """The CVPR 2020 protocol's thresholds: the best of the validation split's maps, scored once with the
+    model as it is (the kept one); ``None`` when the dataset has no validation split, or an empty one."""
+    if "valid" not in dataset.split_names:
+        return None
+    split = dataset.split("valid", train=False)
+    if len(split) == 0:
+        return None
+    loader = make_loader(split, cfg, False, precision.device, seed_offset=1, dist=dist)
+    return evaluate(method, loader, precision, cfg, localization=True, listener=listener, dist=dist,
+                    phase="valid").best_thresholds
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:

@@ -66,6 +66,7 @@ from wsolbench.training.engine import (
     make_optimizer,
     make_scheduler,
     train_one_epoch,
+    validation_thresholds,
 )
 from wsolbench.training.loggers import LoggerSet, listening, pictures_after_validation
 from wsolbench.utils import seed_everything
@@ -335,18 +336,21 @@ def _train_and_test(
         run_dir.save_checkpoint(rundir.BEST, model_state(method, cfg, -1), reserve_mb=cfg.train.min_free_mb)
 
     t0 = time.perf_counter()
+    chosen = validation_thresholds(method, dataset, cfg, precision, dist, listener)
     test_split = dataset.split("test")
     extras = TestExtras(cfg, dataset, test_split)
     test = evaluate(
         method, make_loader(test_split, cfg, False, device, seed_offset=2, dist=dist), precision, cfg,
         localization=True, ids=getattr(test_split, "ids", None), listener=listener, on_map=extras.update, dist=dist,
+        thresholds=chosen,
     )
     extras.gather(dist)
     eval_seconds = time.perf_counter() - t0
     results = results_record(
         cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
+        thresholds_from="test" if chosen is None else "valid", dataset=dataset.report_name or cfg.dataset,
         best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
-        **_selection(cfg, state),
+        **_selection(cfg, dataset, state),
     )
     write_outputs(run_dir, test, extras, results)
     run_dir.update_manifest(
@@ -361,11 +365,18 @@ def _train_and_test(
     return results
 
 
-def _selection(cfg: RunConfig, state: TrainState) -> dict[str, Any]:
-    """How the kept model was chosen: the epochs tied at its validation error and the rule that broke the tie."""
+def _selection(cfg: RunConfig, dataset: Dataset, state: TrainState) -> dict[str, Any]:
+    """How the kept model was chosen: the validation metric, the epochs tied at its value and the rule that
+    broke the tie."""
     if state.best["epoch"] < 0:
         return {}
-    return {"tied_epochs": state.ties, "tie_rule": cfg.train.select_ties}
+    return {"selected_on": selection_metric(cfg, dataset), "tied_epochs": state.ties,
+            "tie_rule": cfg.train.select_ties}
+
+
+def selection_metric(cfg: RunConfig, dataset: Dataset) -> str:
+    """``eval.select``, with ``localization`` made the dataset's own localization metric."""
+    return dataset.localization_metric if cfg.eval.select == "localization" else cfg.eval.select
 
 
 def _train(
@@ -411,7 +422,7 @@ def _train(
         validates = (epoch + 1) % cfg.eval.every == 0 or epoch == epochs - 1
         if validates:
             t1 = time.perf_counter()
-            select = cfg.eval.select
+            select = selection_metric(cfg, dataset)
             val = evaluate(method, valid_loader, precision, cfg, localization=select in LOCALIZATION_SELECT,
                            listener=listener, dist=dist, phase="valid")
             state.valid_seconds += time.perf_counter() - t1
