@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -125,7 +126,7 @@ class ScriptedLocalizer:
         return images, torch.zeros(n, dtype=torch.long)
 
 
-def _erase(script, depth=4, trust_mode="paper"):
+def _erase(script, depth=4, trust_mode="paper", batch="compact"):
     loc = ScriptedLocalizer(script)
     images, labels = ScriptedLocalizer.batch(len(script))
     steps, losses = [], []
@@ -133,7 +134,8 @@ def _erase(script, depth=4, trust_mode="paper"):
     def observe(t, rows, trust, accumulated):
         steps.append((t, rows.tolist(), trust.clone(), accumulated.clone()))
 
-    out = recursive_erasing(loc, images, labels, losses.append, depth=depth, trust_mode=trust_mode, observe=observe)
+    out = recursive_erasing(loc, images, labels, losses.append, depth=depth, trust_mode=trust_mode, batch=batch,
+                            observe=observe)
     return loc, out, steps, losses
 
 
@@ -170,6 +172,28 @@ def test_reference_trust_mode_only_makes_a_wrong_label_permanent():
     assert dict(zip(steps[1][1], steps[1][2].tolist()))[1] == 0
     torch.testing.assert_close(loc.images[2][1], loc.images[1][1])
     assert not torch.allclose(loc.images[2][2], loc.images[1][2])
+
+
+def test_the_full_batch_keeps_stopped_samples_and_their_loss_at_every_pass():
+    # the reference code's batch: every pass runs every sample; a stopped sample keeps its image
+    script = {**SCRIPT, 0: [WRONG] * 4, 3: [RIGHT, RIGHT_LOWER_LOSS, WRONG, RIGHT]}
+    loc, out, steps, losses = _erase(script, trust_mode="reference", batch="full")
+    assert loc.calls == [[0, 1, 2, 3]] * 4 and out.depth == 4 and out.passes == 16
+    def ce(row):
+        return F.cross_entropy(torch.tensor([row]), torch.tensor([0])).item()
+
+    for t in range(4):  # Eq.8 of all N samples, averaged over all N, at every pass
+        assert losses[t].item() == pytest.approx(sum(ce(script[i][t]) for i in range(4)) / 4)
+    trust = [step[2].tolist() for step in steps]
+    assert [row[0] for row in trust] == [0] * 4  # wrong from the start: never any trust
+    assert trust[3][3] == 0 and trust[3][2] > 0  # sample 3 was wrong at pass 2: right again, no trust
+    torch.testing.assert_close(loc.images[3][3], loc.images[2][3])  # ... and its image erased no more
+    torch.testing.assert_close(loc.images[2][1], loc.images[1][1])  # the loss check skips one pass only
+    assert not torch.allclose(loc.images[3][1], loc.images[2][1])
+    # with per-image normalisation the accumulated mask is the compact batch's
+    _, compact, _, _ = _erase(script, trust_mode="reference")
+    torch.testing.assert_close(out.accumulated, compact.accumulated)
+    assert out.loss_sum.item() == pytest.approx(sum(x.item() for x in losses))
 
 
 def test_accumulator_only_grows_and_erasing_uses_it():
@@ -753,7 +777,7 @@ def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
     assert MinMaxEntropy.label("minmax", {"u": 4}) == "minmax (u=4)"
     assert MinMaxEntropy.label("minmax", {"u": 0}) == "minmax (u=0)"
     for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0},
-                {"classifier_batch": "both"}, {"classifier_bn": "split"}):
+                {"classifier_batch": "both"}, {"classifier_bn": "split"}, {"erase_batch": "half"}):
         with pytest.raises(ConfigError):
             MinMaxEntropy(num_classes=2, model=ModelSpec("resnet18", pooling="avg"), **bad)
 
@@ -807,3 +831,70 @@ def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
     for key in ("train_erase_depth", "train_erase_passes", "train_loss_pos", "train_loss_neg", "train_loss_loc"):
         assert key in rows[0]
     assert 1 <= rows[0]["train_erase_depth"] <= 4
+
+
+# -- method.reference_code: the authors' code in every setting at once ----------------------
+#: what the authors' code does in each setting wsolbench's default differs in (docs/minmax.md)
+AUTHORS_METHOD = {
+    "erase_batch": "full",  # stopped samples stay in the erasing batch
+    "classifier_bn": "shared",  # one set of batch-norm running statistics, updated by every pass
+    "classifier_batch": "separate",  # g called on X+, then on X-
+    "normalize": "batch",  # min-max of the training masks over the whole batch
+    "trust_mode": "reference",  # only a wrong label is final
+    "erase_start_epoch": 1,
+    "align_corners": True,  # their bilinear resizing
+}
+
+
+def test_the_reference_code_switch_sets_every_row_of_the_authors_setting():
+    default = config.resolve("minmax", "synthetic", "paper")
+    cfg = config.resolve("minmax", "synthetic", "paper", sets=["method.reference_code=true"])
+    assert {k: cfg.method_params[k] for k in AUTHORS_METHOD} == AUTHORS_METHOD
+    assert {k: default.method_params[k] for k in AUTHORS_METHOD} != AUTHORS_METHOD
+    assert cfg.train.amp is False and default.train.amp is True  # float32, no autocast
+    assert (cfg.train.select_ties, default.train.select_ties) == ("last", "loss")
+    assert (cfg.model.backbone, default.model.backbone) == ("resnet101s", "resnet101")  # CSAIL's deep stem
+    assert cfg.model.pretrained is True
+    # the rest of the paper's setting is untouched
+    assert {k: cfg.method_params[k] for k in PAPER_METHOD} == PAPER_METHOD
+    assert cfg.pooling_params == PAPER_WILDCAT
+    assert dataclasses.replace(cfg.train, amp=True, select_ties="loss") == default.train
+    rest = {k: v for k, v in cfg.method_params.items() if k not in AUTHORS_METHOD and k != "reference_code"}
+    assert rest == {k: v for k, v in default.method_params.items() if k in rest}
+    # off, it changes nothing; with the quick profile the backbone stays the profile's
+    off = config.resolve("minmax", "synthetic", "paper", sets=["method.reference_code=false"])
+    assert off.to_dict() == {**default.to_dict(), "method": {**default.to_dict()["method"], "reference_code": False}}
+    quick = config.resolve("minmax", "synthetic", "quick", sets=["method.reference_code=true"])
+    assert quick.model.backbone == "resnet18" and quick.method_params["erase_start_epoch"] == 1
+    assert {k: quick.method_params[k] for k in AUTHORS_METHOD} == AUTHORS_METHOD and quick.train.amp is False
+
+
+def test_the_users_own_settings_win_over_the_switch(tmp_path):
+    cfg = config.resolve("minmax", "synthetic", "paper",
+                         sets=["method.reference_code=true", "train.amp=true", "method.erase_batch=compact"])
+    assert cfg.train.amp is True and cfg.method_params["erase_batch"] == "compact"
+    assert cfg.train.select_ties == "last" and cfg.method_params["classifier_bn"] == "shared"  # the others switched
+    toml = tmp_path / "run.toml"
+    toml.write_text('[method]\nreference_code = true\n[model]\nbackbone = "resnet18"\n')
+    from_file = config.resolve(None, "synthetic", "paper", file=toml)
+    assert from_file.model.backbone == "resnet18" and from_file.train.select_ties == "last"
+    with pytest.raises(ConfigError):  # the switch is a boolean
+        config.resolve("minmax", "synthetic", "paper", sets=["method.reference_code=1"])
+
+
+def test_a_short_run_with_the_switch_records_every_switched_setting(tmp_path):
+    from wsolbench.training import runner
+
+    sets = [f"model.backbone={BACKBONE}", "train.epochs=2", "method.reference_code=true"]
+    sets += [item for item in TINY[:-2] if item != "--set"]
+    cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=ref"])
+    results = runner.run(cfg).results
+    assert 0 <= results["f1_pos"] <= 100
+    recorded = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert {k: recorded["method"][k] for k in AUTHORS_METHOD} == AUTHORS_METHOD
+    assert recorded["method"]["reference_code"] is True
+    assert (recorded["train"]["amp"], recorded["train"]["select_ties"]) == (False, "last")
+    rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_erase_depth"] == 0 and rows[1]["train_erase_depth"] >= 1  # erasing from epoch 1
+    # the full batch: every pass runs every sample
+    assert rows[1]["train_erase_passes"] == rows[1]["train_erase_depth"]
