@@ -50,6 +50,21 @@ weights scored about 6% normalised with their inputs' own statistics. Every
 pass says what it is (f on the whole image, f on an erased image, g), and
 :meth:`MinMaxEntropy.batch_norm_statistics` lends the layers that pass's set
 (:data:`BN_STATISTICS`).
+
+``reference_code = true`` switches, in the configuration, every setting in
+which the authors' code (sbelharbi/wsol-min-max-entropy-interpretability)
+differs from the defaults (docs/minmax.md has the table): every erasing pass
+on the whole batch (``erase_batch = "full"``: a stopped sample keeps its
+image, gets no trust, and its Eq.8 is back-propagated at every later pass,
+averaged over all N), one set of batch-norm statistics updated by every pass,
+g called on X+ then on X-, batch-wise normalisation of the training masks,
+only a wrong label final, erasing from epoch 1, their bilinear resizing
+(``align_corners``, g's input size rounded down), float32
+(``train.amp = false``), the last of the epochs tied at the lowest validation
+error (``train.select_ties = "last"``) and, with the ``paper`` profile, the
+deep-stem ResNet-101 of CSAIL (timm's ``resnet101s``, the same layers; its
+pretrained weights are timm's Gluon ImageNet weights, not CSAIL's, whose
+checkpoint names its layers differently).
 """
 
 from __future__ import annotations
