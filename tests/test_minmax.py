@@ -898,3 +898,128 @@ def test_a_short_run_with_the_switch_records_every_switched_setting(tmp_path):
     assert rows[0]["train_erase_depth"] == 0 and rows[1]["train_erase_depth"] >= 1  # erasing from epoch 1
     # the full batch: every pass runs every sample
     assert rows[1]["train_erase_passes"] == rows[1]["train_erase_depth"]
+
+
+def _authors_training_step(model: MinMaxEntropy, images, labels, u: int, sigma_e: float = 10.0):
+    """One training step as the authors' code takes it, restated literally on wsolbench's modules.
+
+    Their order of passes and arithmetic: while some sample's label history
+    is intact and fewer than ``u`` passes ran, f runs on the WHOLE batch, the
+    mean of Eq.8 over all N is back-propagated, M+ is upsampled with aligned
+    corners, min-max normalised over the batch and pseudo-binarised, the trust
+    is decay * right label * loss check * p(y) * history, and a sample is
+    erased where its trust is non-zero; then g on X+ and g on X- (two calls,
+    each resized to the size rounded down, aligned corners) and one backward
+    of Eq.3 + Eq.6. ``u = 0``: f, g on X+, g on X- and one backward of all.
+    The backbone's batch-norm layers keep their one set of running statistics,
+    which every call updates. Returns ``(objective, losses, gradients, running statistics)``;
+    ``losses["trusted"]``: per pass, which samples had non-zero trust.
+    """
+    n, (h, w) = images.shape[0], images.shape[-2:]
+
+    def segment(x):
+        scores, maps = model.loc_head(model.backbone(x)[-1])
+        prob = F.softmax(scores, dim=1)
+        m = torch.zeros(n, 1, *maps.shape[-2:])
+        for i in range(n):
+            for j in range(prob.shape[1]):
+                m[i] = m[i] + prob[i, j] * maps[i, j]
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=True).detach()
+        m = (m - m.min()) / (m.max() - m.min())  # over the whole batch
+        return torch.sigmoid(8.0 * (m - 0.5)), scores
+
+    def classify(x):
+        x = F.interpolate(x, size=(int(h * 0.5), int(w * 0.5)), mode="bilinear", align_corners=True)
+        return model.cls_head(model.backbone(x)[-1])[0]
+
+    def classifier_losses(x_pos, x_neg):
+        out_pos, out_neg = classify(x_pos), classify(x_neg)
+        return F.cross_entropy(out_pos, labels), -F.log_softmax(out_neg, dim=1).mean(dim=1).mean()
+
+    model.zero_grad()
+    if u == 0:
+        mask, scores = segment(images)
+        loss_pos, loss_neg = classifier_losses(images * mask, images * (1 - mask))
+        loss_loc = F.cross_entropy(scores, labels)
+        (loss_pos + loss_neg + loss_loc).backward()
+        per_pass = [loss_loc.detach()]
+    else:
+        data = images.clone()
+        history = torch.ones(n)
+        per_pass, trusted, er = [], [], 0
+        while history.sum() > 0:
+            if er >= u:
+                break
+            mask, scores = segment(data)
+            losses = F.cross_entropy(scores, labels, reduction="none")
+            losses.mean().backward()
+            losses, probs = losses.detach(), F.softmax(scores, dim=1).detach()
+            per_pass.append(losses.mean())
+            if er == 0:
+                m_pos = torch.zeros_like(mask)
+                loss0 = losses.clone()
+            p_y, pred = probs.max(dim=1)
+            check_loss = (losses <= loss0).float()
+            check_label = (pred == labels).float()
+            trust = torch.ones(n) * math.exp(-er / sigma_e) * check_label * check_loss * p_y
+            history = torch.min(check_label, history)
+            trust = (trust * history).view(n, 1, 1, 1)
+            trusted.append((trust.flatten() != 0).tolist())
+            m_pos = torch.max(m_pos, trust * mask)
+            data = data * (1 - m_pos) * (trust != 0).float() + data * (trust == 0).float()
+            er += 1
+        loss_pos, loss_neg = classifier_losses(images * m_pos, images * (1 - m_pos))
+        (loss_pos + loss_neg).backward()
+    objective = loss_pos + loss_neg + sum(per_pass)
+    grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+    losses = {"loss_pos": loss_pos.item(), "loss_neg": loss_neg.item(), "loss_loc": per_pass[0].item(),
+              "passes": len(per_pass), "trusted": trusted if u else []}
+    return objective.item(), losses, grads, _running(_batch_norm_layers(model.backbone))
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_training_step_with_the_switch_equals_the_authors_step(epoch):
+    # the switch's method settings, resolved through the configuration
+    switched = config.resolve("minmax", "synthetic", "quick", sets=["method.reference_code=true", "method.u=3"])
+    params = {k: v for k, v in switched.method_params.items() if k != "reference_code"}
+    torch.manual_seed(0)
+    spec = ModelSpec(BACKBONE, pooling="wildcat", pooling_params={"dropout": 0.5}, backbone_params={"output_stride": 8})
+    method = registry("method").create("minmax", num_classes=2, model=spec, **params)
+    method.on_epoch_start(epoch)  # erasing from epoch 1
+    method.train()
+    authors = copy.deepcopy(method)
+    torch.manual_seed(22)
+    images = torch.randn(6, 3, 33, 38)  # odd sizes: g's input size is rounded down
+    with torch.no_grad():
+        probe = copy.deepcopy(method)
+        torch.manual_seed(8)
+        labels = probe.loc_head(probe.backbone(images)[-1])[0].argmax(1)
+    labels[5] = 1 - labels[5]  # one sample wrong from the start: it stops at once, and stays in the batch
+    torch.manual_seed(8)
+    out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+    grads = {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}
+    torch.manual_seed(8)
+    objective, losses, expected, running = _authors_training_step(authors, images, labels, u=3 if epoch else 0)
+
+    logs = out.logs
+    assert logs["loss_pos"].item() + logs["loss_neg"].item() + logs["loss_loc_passes"].item() == pytest.approx(
+        objective, rel=1e-5)
+    for key in ("loss_pos", "loss_neg", "loss_loc"):
+        assert logs[key].item() == pytest.approx(losses[key], rel=1e-5), key
+    assert out.loss.item() == pytest.approx(losses["loss_pos"] + losses["loss_neg"] + losses["loss_loc"], rel=1e-5)
+    assert grads.keys() == expected.keys()
+    assert any(k.startswith("loc_head") for k in expected) and any(k.startswith("cls_head") for k in expected)
+    for k in expected:
+        torch.testing.assert_close(grads[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+    for a, b in zip(_running(_batch_norm_layers(method.backbone)), running, strict=True):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert not list(method.cls_bn_stats.buffers())  # one set of statistics
+    if epoch:
+        assert logs["erase_depth"] == losses["passes"] >= 2 and logs["erase_passes"] == logs["erase_depth"]
+        counts = {int(layer.num_batches_tracked) for layer in _batch_norm_layers(method.backbone)}
+        assert counts == {losses["passes"] + 2}  # every pass of f and both calls of g
+        # the batch exercises the reference trust: a sample untrusted at one pass (a failed loss check,
+        # its label right) is trusted again at a later one, which the paper's rule would forbid
+        trusted = losses["trusted"]
+        assert any(not trusted[t][i] and trusted[t + 1][i] for t in range(len(trusted) - 1) for i in range(6))
