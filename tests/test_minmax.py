@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 from wsolbench_plugins.methods.minmax import (
+    LocalizerPass,
     MinMaxEntropy,
     positive_map,
     recursive_erasing,
@@ -1023,3 +1024,26 @@ def test_a_training_step_with_the_switch_equals_the_authors_step(epoch):
         # its label right) is trusted again at a later one, which the paper's rule would forbid
         trusted = losses["trusted"]
         assert any(not trusted[t][i] and trusted[t + 1][i] for t in range(len(trusted) - 1) for i in range(6))
+
+
+def test_cuda_graphs_need_the_full_batch_and_leave_the_cpu_path_unchanged():
+    with pytest.raises(ConfigError, match="erase_batch"):
+        _method(u=4, cuda_graphs=True)
+    torch.manual_seed(3)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    steps = []
+    for graphs in (False, True):
+        method = _method(u=3, erase_batch="full", trust_mode="reference", cuda_graphs=graphs)
+        method.train()
+        torch.manual_seed(4)
+        out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+        steps.append((out.loss.item(), {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}))
+        assert not method._graphs  # nothing captured off CUDA
+    assert steps[0][0] == steps[1][0]
+    assert all(torch.equal(steps[0][1][k], steps[1][1][k]) for k in steps[0][1])
+    # the unit a graph captures is f's pass, and it adds nothing to the checkpoint
+    method.eval()
+    with torch.no_grad():
+        for a, b in zip(LocalizerPass(method.backbone, method.loc_head)(images), method.localizer(images)):
+            torch.testing.assert_close(a, b)
+    assert list(method.state_dict()) == list(_method(u=3).state_dict())

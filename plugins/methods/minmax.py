@@ -29,7 +29,10 @@ Cost and memory: Eq.8 is back-propagated right after each pass (gradient
 accumulation), so one pass's graph is alive at a time and the peak memory is
 that of ``u = 0``; each further pass runs only on the samples still erasing,
 so its cost follows their number. ``u = 0`` is the variant without erasing:
-one pass, ``R+`` used as is (no trust), one backward of Eq.9.
+one pass, ``R+`` used as is (no trust), one backward of Eq.9. On a GPU the
+passes wait on kernel launches; ``cuda_graphs = true`` (with ``erase_batch =
+"full"``, whose passes all have one shape) replays f's forward and backward as
+CUDA graphs instead; the CPU path is unchanged (docs/minmax.md: unmeasured).
 
 Inference is a single pass: the class comes from ``g`` on ``X+`` (as in the
 paper), the map is ``f``'s normalised ``M+`` (per image). The map of a named
@@ -261,6 +264,22 @@ def recursive_erasing(
 
 
 # -- the method -------------------------------------------------------------------
+class LocalizerPass(torch.nn.Module):
+    """f as one module: the shared backbone, then f's head; ``images -> (scores, class_maps)``.
+
+    The unit a CUDA graph captures (``cuda_graphs``); it is built on demand
+    and never registered in the method, so the checkpoint's names stay as
+    they are.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.backbone(images)[-1])
+
+
 class MinMaxEntropy(Method):
     """Min-max entropy WSOL with recursive erasing and trust coefficients."""
 
@@ -283,6 +302,7 @@ class MinMaxEntropy(Method):
         "erase_batch": "compact",  #: "compact": stopped samples leave the erasing batch; "full": they stay (reference code)
         "align_corners": False,  #: bilinear resizing of maps and of g's input with align_corners (reference code: true)
         "reference_code": False,  #: true: the authors' code in every setting it differs in (see ``switches``)
+        "cuda_graphs": False,  #: on CUDA, f's erasing passes replayed as CUDA graphs (needs erase_batch = "full")
     }
     #: ``method.reference_code = true``: every setting in which the authors' code differs from
     #: wsolbench's default, switched at once (docs/minmax.md, the faithfulness table)
@@ -332,6 +352,8 @@ class MinMaxEntropy(Method):
                     self.cls_bn_stats.register_buffer(f"{key}_{i}", getattr(layer, key).clone())
         # f's running statistics while a pass lends the layers another set (None outside every pass)
         self._localizer_bn: list[list[Tensor | None]] | None = None
+        # cuda_graphs: f's pass captured per (running statistics, shape, dtype, strides, device)
+        self._graphs: dict[tuple, Callable[[Tensor], tuple[Tensor, Tensor]]] = {}
 
     # -- batch-norm running statistics ---------------------------------------------------
     def _batch_norms(self) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -386,9 +408,41 @@ class MinMaxEntropy(Method):
         def localizer(images: Tensor) -> tuple[Tensor, Tensor]:
             nonlocal passes
             passes += 1
-            return self.localizer(images, "localizer" if passes == 1 else "erasing")
+            kind = "localizer" if passes == 1 else "erasing"
+            if self.params["cuda_graphs"] and images.is_cuda and not torch.is_autocast_enabled("cuda"):
+                return self._graphed_localizer(images, kind)
+            return self.localizer(images, kind)
 
         return localizer
+
+    def _graphed_localizer(self, images: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+        """f's pass of ``kind`` through a CUDA graph of its forward and backward, captured on first use.
+
+        ``torch.cuda.make_graphed_callables`` records the pass once per input
+        shape and set of running statistics (one graph with ``classifier_bn =
+        "shared"``, two with ``"own"``: the erasing passes update none) and
+        then replays it with one launch, where the eager pass launches every
+        kernel from Python. The capture's warm-up passes leave no trace: the
+        running statistics and the CUDA random state are put back. Graphs
+        read and write the tensors they were captured with (parameters,
+        running statistics), which optimiser steps and ``load_state_dict``
+        update in place; under autocast (``train.amp``) the eager pass runs.
+        """
+        owner = BN_STATISTICS[self.params["classifier_bn"]][kind]
+        key = (owner, tuple(images.shape), images.dtype, images.stride(), images.device)
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            saved = [buffer.detach().clone() for buffer in self.buffers()]
+            rng = torch.cuda.get_rng_state(images.device)
+            with self.batch_norm_statistics(kind):
+                graphed = torch.cuda.make_graphed_callables(LocalizerPass(self.backbone, self.loc_head),
+                                                            (images.detach().clone(),))
+            with torch.no_grad():
+                for buffer, value in zip(self.buffers(), saved):
+                    buffer.copy_(value)
+            torch.cuda.set_rng_state(rng, images.device)
+            self._graphs[key] = graphed
+        return graphed(images)
 
     def _check_params(self) -> None:
         p = self.params
@@ -404,6 +458,9 @@ class MinMaxEntropy(Method):
                              ("erase_batch", ERASE_BATCHES)):
             if p[key] not in choices:
                 problems.append(f"method.{key} must be one of {', '.join(choices)}, not {p[key]!r}")
+        if p["cuda_graphs"] and p["erase_batch"] != "full":
+            problems.append('method.cuda_graphs needs method.erase_batch = "full": a CUDA graph replays one fixed '
+                            'shape, and the compact batch shrinks from pass to pass')
         if min(p["w_pos"], p["w_neg"], p["w_loc"]) < 0:
             problems.append("the loss weights method.w_pos, w_neg, w_loc must be >= 0")
         if problems:
