@@ -777,6 +777,7 @@ def test_same_seed_same_training_step():
 def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
     assert MinMaxEntropy.label("minmax", {"u": 4}) == "minmax (u=4)"
     assert MinMaxEntropy.label("minmax", {"u": 0}) == "minmax (u=0)"
+    assert MinMaxEntropy.label("minmax", {"u": 4, "reference_code": True}) == "minmax (u=4, reference code)"
     for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0},
                 {"classifier_batch": "both"}, {"classifier_bn": "split"}, {"erase_batch": "half"}):
         with pytest.raises(ConfigError):
@@ -890,7 +891,7 @@ def test_a_short_run_with_the_switch_records_every_switched_setting(tmp_path):
     sets += [item for item in TINY[:-2] if item != "--set"]
     cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=ref"])
     results = runner.run(cfg).results
-    assert 0 <= results["f1_pos"] <= 100
+    assert 0 <= results["f1_pos"] <= 100 and results["method_label"] == "minmax (u=4, reference code)"
     recorded = json.loads((tmp_path / "ref" / "config.json").read_text())
     assert {k: recorded["method"][k] for k in AUTHORS_METHOD} == AUTHORS_METHOD
     assert recorded["method"]["reference_code"] is True

@@ -468,7 +468,8 @@ class MinMaxEntropy(Method):
 
     @classmethod
     def label(cls, name: str, params: dict[str, Any]) -> str:
-        return f"{name} (u={params.get('u', cls.defaults['u'])})"
+        code = ", reference code" if params.get("reference_code") else ""
+        return f"{name} (u={params.get('u', cls.defaults['u'])}{code})"
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
