@@ -17,6 +17,9 @@ resident-memory high-water mark is reset before training and read after.
     python benchmarks/minmax_erasing.py --dataset synthetic --epochs 2
     python benchmarks/minmax_erasing.py --device cuda       # GPU: times after synchronisation,
                                                             # memory from the CUDA allocator's peak
+    python benchmarks/minmax_erasing.py --device cuda --gpu-settings   # the issue's two settings,
+        # ResNet-101 at 480 px and ResNet-18 at 224 px, batch 8, the full erasing batch without and
+        # with CUDA graphs (method.cuda_graphs): ratio, mean depth and peak-memory ratio of each
 """
 
 from __future__ import annotations
@@ -54,11 +57,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="channels-last tensors (train.channels_last; faster convolutions on CPU too)")
     ap.add_argument("--classifier-batch", default="joint", choices=["joint", "separate"],
                     help="g on X+ and X- in one call or in two (method.classifier_batch)")
+    ap.add_argument("--erase-batch", default="compact", choices=["compact", "full"],
+                    help="stopped samples leave the erasing batch or stay (method.erase_batch)")
+    ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=False,
+                    help="f's erasing passes as CUDA graphs (method.cuda_graphs; needs --erase-batch full)")
+    ap.add_argument("--gpu-settings", action="store_true",
+                    help="run ResNet-101 480 px and ResNet-18 224 px (batch 8, --erase-batch full), each without "
+                         "and with CUDA graphs, and print a summary")
     ap.add_argument("--memory-steps", type=int, default=3, help="training steps of each memory probe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (full precision on both)")
     ap.add_argument("--probe-memory", type=int, default=None, metavar="U", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the memory probes are started with
+    return args
 
 
 def choose_dataset(args: argparse.Namespace) -> str:
@@ -79,6 +91,7 @@ def make_config(args: argparse.Namespace, dataset: str, u: int, workers: int):
         f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}", f"train.num_workers={workers}",
         f"method.u={u}", f"method.trust_mode={args.trust_mode}", f"seed={args.seed}", f"device={args.device}",
         f"method.classifier_batch={args.classifier_batch}", f"train.channels_last={str(args.channels_last).lower()}",
+        f"method.erase_batch={args.erase_batch}", f"method.cuda_graphs={str(args.cuda_graphs).lower()}",
     ]
     dataset_keys = registry("dataset").resolve(dataset).defaults
     if dataset == "synthetic":
@@ -270,7 +283,7 @@ def proc_status_kib(field: str) -> int:
 def measure_memory(args: argparse.Namespace, dataset: str) -> dict[int, dict[str, float]]:
     out = {}
     for u in (0, args.u):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--dataset", dataset, "--probe-memory", str(u)]
+        cmd = [sys.executable, __file__, *args.argv, "--dataset", dataset, "--probe-memory", str(u)]
         # a fixed mmap threshold: freed tensors go back to the system, so resident memory follows live memory
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -280,10 +293,36 @@ def measure_memory(args: argparse.Namespace, dataset: str) -> dict[int, dict[str
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+#: the issue's two GPU settings: (backbone, crop), batch 8
+GPU_SETTINGS = (("resnet101", 480), ("resnet18", 224))
+
+
+def gpu_settings(argv: list[str]) -> None:
+    """Each of :data:`GPU_SETTINGS` with the full erasing batch, without and with CUDA graphs; then a summary."""
+    rest = [a for a in argv if a != "--gpu-settings"]
+    rows = []
+    for backbone, crop in GPU_SETTINGS:
+        for graphs in (False, True):
+            flags = ["--backbone", backbone, "--crop", str(crop), "--batch-size", "8", "--erase-batch", "full",
+                     "--cuda-graphs" if graphs else "--no-cuda-graphs"]
+            print(f"\n== {backbone}, {crop} px, batch 8, full erasing batch, CUDA graphs {'on' if graphs else 'off'}")
+            summary = main(rest + flags)
+            rows.append((backbone, crop, graphs, summary))
+    print("\nsetting                      graphs  time u/0  mean depth  peak memory u/0")
+    for backbone, crop, graphs, s in rows:
+        print(f"{backbone:>10} {crop:>4} px batch 8      {'on ' if graphs else 'off'}    x{s['ratio']:.2f}"
+              f"     {s['depth']:.2f}        x{s['peak']:.3f}")
+    print(f"targets: under x{PAPER_RATIOS['GlaS']} (ResNet-101, 480 px), under x2 (ResNet-18, 224 px), "
+          "peak memory <= x1.1")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float] | None:
     args = parse_args(argv)
     import torch
 
+    if args.gpu_settings:
+        gpu_settings(list(sys.argv[1:] if argv is None else argv))
+        return None
     dataset = choose_dataset(args)
     if args.probe_memory is not None:
         probe_memory(args, dataset)
@@ -307,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"training time u={u} / u=0         x{ratio:.2f}   (after the first epoch: x{steady:.2f})")
     print(f"  mean erasing depth reached       {tu['depth']:.2f} of {u} passes per batch, "
-          f"{tu['passes']:.2f} passes per sample (compacted)")
+          f"{tu['passes']:.2f} passes per sample ({args.erase_batch} batch)")
     print(f"  paper: x{PAPER_RATIOS['GlaS']} (GlaS), x{PAPER_RATIOS['CUB5']} (CUB5); reference code here: "
           f"x{REFERENCE['ratio']} at depth {REFERENCE['depth']} of 4")
     print(f"u=0 training throughput            {t0['images_per_s']:.2f} images/s   "
@@ -319,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"peak memory u={u} / u=0             x{peak:.3f}   ({memory[u]['peak_kib'] / 1024:.0f} / "
           f"{memory[0]['peak_kib'] / 1024:.0f} MiB {'allocated on the GPU' if on_gpu(args) else 'resident'})")
     print(f"  growth during training u={u} / u=0 x{growth:.3f}   ({args.memory_steps} steps each, own process)")
+    return {"ratio": ratio, "depth": tu["depth"], "peak": peak}
 
 
 if __name__ == "__main__":

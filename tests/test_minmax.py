@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 from wsolbench_plugins.methods.minmax import (
+    LocalizerPass,
     MinMaxEntropy,
     positive_map,
     recursive_erasing,
@@ -125,7 +127,7 @@ class ScriptedLocalizer:
         return images, torch.zeros(n, dtype=torch.long)
 
 
-def _erase(script, depth=4, trust_mode="paper"):
+def _erase(script, depth=4, trust_mode="paper", batch="compact"):
     loc = ScriptedLocalizer(script)
     images, labels = ScriptedLocalizer.batch(len(script))
     steps, losses = [], []
@@ -133,7 +135,8 @@ def _erase(script, depth=4, trust_mode="paper"):
     def observe(t, rows, trust, accumulated):
         steps.append((t, rows.tolist(), trust.clone(), accumulated.clone()))
 
-    out = recursive_erasing(loc, images, labels, losses.append, depth=depth, trust_mode=trust_mode, observe=observe)
+    out = recursive_erasing(loc, images, labels, losses.append, depth=depth, trust_mode=trust_mode, batch=batch,
+                            observe=observe)
     return loc, out, steps, losses
 
 
@@ -170,6 +173,28 @@ def test_reference_trust_mode_only_makes_a_wrong_label_permanent():
     assert dict(zip(steps[1][1], steps[1][2].tolist()))[1] == 0
     torch.testing.assert_close(loc.images[2][1], loc.images[1][1])
     assert not torch.allclose(loc.images[2][2], loc.images[1][2])
+
+
+def test_the_full_batch_keeps_stopped_samples_and_their_loss_at_every_pass():
+    # the reference code's batch: every pass runs every sample; a stopped sample keeps its image
+    script = {**SCRIPT, 0: [WRONG] * 4, 3: [RIGHT, RIGHT_LOWER_LOSS, WRONG, RIGHT]}
+    loc, out, steps, losses = _erase(script, trust_mode="reference", batch="full")
+    assert loc.calls == [[0, 1, 2, 3]] * 4 and out.depth == 4 and out.passes == 16
+    def ce(row):
+        return F.cross_entropy(torch.tensor([row]), torch.tensor([0])).item()
+
+    for t in range(4):  # Eq.8 of all N samples, averaged over all N, at every pass
+        assert losses[t].item() == pytest.approx(sum(ce(script[i][t]) for i in range(4)) / 4)
+    trust = [step[2].tolist() for step in steps]
+    assert [row[0] for row in trust] == [0] * 4  # wrong from the start: never any trust
+    assert trust[3][3] == 0 and trust[3][2] > 0  # sample 3 was wrong at pass 2: right again, no trust
+    torch.testing.assert_close(loc.images[3][3], loc.images[2][3])  # ... and its image erased no more
+    torch.testing.assert_close(loc.images[2][1], loc.images[1][1])  # the loss check skips one pass only
+    assert not torch.allclose(loc.images[3][1], loc.images[2][1])
+    # with per-image normalisation the accumulated mask is the compact batch's
+    _, compact, _, _ = _erase(script, trust_mode="reference")
+    torch.testing.assert_close(out.accumulated, compact.accumulated)
+    assert out.loss_sum.item() == pytest.approx(sum(x.item() for x in losses))
 
 
 def test_accumulator_only_grows_and_erasing_uses_it():
@@ -752,8 +777,9 @@ def test_same_seed_same_training_step():
 def test_labels_name_the_variants_and_bad_parameters_are_config_errors():
     assert MinMaxEntropy.label("minmax", {"u": 4}) == "minmax (u=4)"
     assert MinMaxEntropy.label("minmax", {"u": 0}) == "minmax (u=0)"
+    assert MinMaxEntropy.label("minmax", {"u": 4, "reference_code": True}) == "minmax (u=4, reference code)"
     for bad in ({"trust_mode": "always"}, {"u": -1}, {"normalize": "pixel"}, {"classifier_scale": 0.0},
-                {"classifier_batch": "both"}, {"classifier_bn": "split"}):
+                {"classifier_batch": "both"}, {"classifier_bn": "split"}, {"erase_batch": "half"}):
         with pytest.raises(ConfigError):
             MinMaxEntropy(num_classes=2, model=ModelSpec("resnet18", pooling="avg"), **bad)
 
@@ -807,3 +833,218 @@ def test_a_short_run_logs_erasing_and_names_the_variant(tmp_path):
     for key in ("train_erase_depth", "train_erase_passes", "train_loss_pos", "train_loss_neg", "train_loss_loc"):
         assert key in rows[0]
     assert 1 <= rows[0]["train_erase_depth"] <= 4
+
+
+# -- method.reference_code: the authors' code in every setting at once ----------------------
+#: what the authors' code does in each setting wsolbench's default differs in (docs/minmax.md)
+AUTHORS_METHOD = {
+    "erase_batch": "full",  # stopped samples stay in the erasing batch
+    "classifier_bn": "shared",  # one set of batch-norm running statistics, updated by every pass
+    "classifier_batch": "separate",  # g called on X+, then on X-
+    "normalize": "batch",  # min-max of the training masks over the whole batch
+    "trust_mode": "reference",  # only a wrong label is final
+    "erase_start_epoch": 1,
+    "align_corners": True,  # their bilinear resizing
+}
+
+
+def test_the_reference_code_switch_sets_every_row_of_the_authors_setting():
+    default = config.resolve("minmax", "synthetic", "paper")
+    cfg = config.resolve("minmax", "synthetic", "paper", sets=["method.reference_code=true"])
+    assert {k: cfg.method_params[k] for k in AUTHORS_METHOD} == AUTHORS_METHOD
+    assert {k: default.method_params[k] for k in AUTHORS_METHOD} != AUTHORS_METHOD
+    assert cfg.train.amp is False and default.train.amp is True  # float32, no autocast
+    assert (cfg.train.select_ties, default.train.select_ties) == ("last", "loss")
+    assert (cfg.model.backbone, default.model.backbone) == ("resnet101s", "resnet101")  # CSAIL's deep stem
+    assert cfg.model.pretrained is True
+    # the rest of the paper's setting is untouched
+    assert {k: cfg.method_params[k] for k in PAPER_METHOD} == PAPER_METHOD
+    assert cfg.pooling_params == PAPER_WILDCAT
+    assert dataclasses.replace(cfg.train, amp=True, select_ties="loss") == default.train
+    rest = {k: v for k, v in cfg.method_params.items() if k not in AUTHORS_METHOD and k != "reference_code"}
+    assert rest == {k: v for k, v in default.method_params.items() if k in rest}
+    # off, it changes nothing; with the quick profile the backbone stays the profile's
+    off = config.resolve("minmax", "synthetic", "paper", sets=["method.reference_code=false"])
+    assert off.to_dict() == {**default.to_dict(), "method": {**default.to_dict()["method"], "reference_code": False}}
+    quick = config.resolve("minmax", "synthetic", "quick", sets=["method.reference_code=true"])
+    assert quick.model.backbone == "resnet18" and quick.method_params["erase_start_epoch"] == 1
+    assert {k: quick.method_params[k] for k in AUTHORS_METHOD} == AUTHORS_METHOD and quick.train.amp is False
+
+
+def test_the_users_own_settings_win_over_the_switch(tmp_path):
+    cfg = config.resolve("minmax", "synthetic", "paper",
+                         sets=["method.reference_code=true", "train.amp=true", "method.erase_batch=compact"])
+    assert cfg.train.amp is True and cfg.method_params["erase_batch"] == "compact"
+    assert cfg.train.select_ties == "last" and cfg.method_params["classifier_bn"] == "shared"  # the others switched
+    toml = tmp_path / "run.toml"
+    toml.write_text('[method]\nreference_code = true\n[model]\nbackbone = "resnet18"\n')
+    from_file = config.resolve(None, "synthetic", "paper", file=toml)
+    assert from_file.model.backbone == "resnet18" and from_file.train.select_ties == "last"
+    with pytest.raises(ConfigError):  # the switch is a boolean
+        config.resolve("minmax", "synthetic", "paper", sets=["method.reference_code=1"])
+
+
+def test_a_short_run_with_the_switch_records_every_switched_setting(tmp_path):
+    from wsolbench.training import runner
+
+    sets = [f"model.backbone={BACKBONE}", "train.epochs=2", "method.reference_code=true"]
+    sets += [item for item in TINY[:-2] if item != "--set"]
+    cfg = config.resolve(None, None, None, sets=sets + [f"output_dir={tmp_path}", "run_name=ref"])
+    results = runner.run(cfg).results
+    assert 0 <= results["f1_pos"] <= 100 and results["method_label"] == "minmax (u=4, reference code)"
+    recorded = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert {k: recorded["method"][k] for k in AUTHORS_METHOD} == AUTHORS_METHOD
+    assert recorded["method"]["reference_code"] is True
+    assert (recorded["train"]["amp"], recorded["train"]["select_ties"]) == (False, "last")
+    rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_erase_depth"] == 0 and rows[1]["train_erase_depth"] >= 1  # erasing from epoch 1
+    # the full batch: every pass runs every sample
+    assert rows[1]["train_erase_passes"] == rows[1]["train_erase_depth"]
+
+
+def _authors_training_step(model: MinMaxEntropy, images, labels, u: int, sigma_e: float = 10.0):
+    """One training step as the authors' code takes it, restated literally on wsolbench's modules.
+
+    Their order of passes and arithmetic: while some sample's label history
+    is intact and fewer than ``u`` passes ran, f runs on the WHOLE batch, the
+    mean of Eq.8 over all N is back-propagated, M+ is upsampled with aligned
+    corners, min-max normalised over the batch and pseudo-binarised, the trust
+    is decay * right label * loss check * p(y) * history, and a sample is
+    erased where its trust is non-zero; then g on X+ and g on X- (two calls,
+    each resized to the size rounded down, aligned corners) and one backward
+    of Eq.3 + Eq.6. ``u = 0``: f, g on X+, g on X- and one backward of all.
+    The backbone's batch-norm layers keep their one set of running statistics,
+    which every call updates. Returns ``(objective, losses, gradients, running statistics)``;
+    ``losses["trusted"]``: per pass, which samples had non-zero trust.
+    """
+    n, (h, w) = images.shape[0], images.shape[-2:]
+
+    def segment(x):
+        scores, maps = model.loc_head(model.backbone(x)[-1])
+        prob = F.softmax(scores, dim=1)
+        m = torch.zeros(n, 1, *maps.shape[-2:])
+        for i in range(n):
+            for j in range(prob.shape[1]):
+                m[i] = m[i] + prob[i, j] * maps[i, j]
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=True).detach()
+        m = (m - m.min()) / (m.max() - m.min())  # over the whole batch
+        return torch.sigmoid(8.0 * (m - 0.5)), scores
+
+    def classify(x):
+        x = F.interpolate(x, size=(int(h * 0.5), int(w * 0.5)), mode="bilinear", align_corners=True)
+        return model.cls_head(model.backbone(x)[-1])[0]
+
+    def classifier_losses(x_pos, x_neg):
+        out_pos, out_neg = classify(x_pos), classify(x_neg)
+        return F.cross_entropy(out_pos, labels), -F.log_softmax(out_neg, dim=1).mean(dim=1).mean()
+
+    model.zero_grad()
+    if u == 0:
+        mask, scores = segment(images)
+        loss_pos, loss_neg = classifier_losses(images * mask, images * (1 - mask))
+        loss_loc = F.cross_entropy(scores, labels)
+        (loss_pos + loss_neg + loss_loc).backward()
+        per_pass = [loss_loc.detach()]
+    else:
+        data = images.clone()
+        history = torch.ones(n)
+        per_pass, trusted, er = [], [], 0
+        while history.sum() > 0:
+            if er >= u:
+                break
+            mask, scores = segment(data)
+            losses = F.cross_entropy(scores, labels, reduction="none")
+            losses.mean().backward()
+            losses, probs = losses.detach(), F.softmax(scores, dim=1).detach()
+            per_pass.append(losses.mean())
+            if er == 0:
+                m_pos = torch.zeros_like(mask)
+                loss0 = losses.clone()
+            p_y, pred = probs.max(dim=1)
+            check_loss = (losses <= loss0).float()
+            check_label = (pred == labels).float()
+            trust = torch.ones(n) * math.exp(-er / sigma_e) * check_label * check_loss * p_y
+            history = torch.min(check_label, history)
+            trust = (trust * history).view(n, 1, 1, 1)
+            trusted.append((trust.flatten() != 0).tolist())
+            m_pos = torch.max(m_pos, trust * mask)
+            data = data * (1 - m_pos) * (trust != 0).float() + data * (trust == 0).float()
+            er += 1
+        loss_pos, loss_neg = classifier_losses(images * m_pos, images * (1 - m_pos))
+        (loss_pos + loss_neg).backward()
+    objective = loss_pos + loss_neg + sum(per_pass)
+    grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+    losses = {"loss_pos": loss_pos.item(), "loss_neg": loss_neg.item(), "loss_loc": per_pass[0].item(),
+              "passes": len(per_pass), "trusted": trusted if u else []}
+    return objective.item(), losses, grads, _running(_batch_norm_layers(model.backbone))
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_training_step_with_the_switch_equals_the_authors_step(epoch):
+    # the switch's method settings, resolved through the configuration
+    switched = config.resolve("minmax", "synthetic", "quick", sets=["method.reference_code=true", "method.u=3"])
+    params = {k: v for k, v in switched.method_params.items() if k != "reference_code"}
+    torch.manual_seed(0)
+    spec = ModelSpec(BACKBONE, pooling="wildcat", pooling_params={"dropout": 0.5}, backbone_params={"output_stride": 8})
+    method = registry("method").create("minmax", num_classes=2, model=spec, **params)
+    method.on_epoch_start(epoch)  # erasing from epoch 1
+    method.train()
+    authors = copy.deepcopy(method)
+    torch.manual_seed(22)
+    images = torch.randn(6, 3, 33, 38)  # odd sizes: g's input size is rounded down
+    with torch.no_grad():
+        probe = copy.deepcopy(method)
+        torch.manual_seed(8)
+        labels = probe.loc_head(probe.backbone(images)[-1])[0].argmax(1)
+    labels[5] = 1 - labels[5]  # one sample wrong from the start: it stops at once, and stays in the batch
+    torch.manual_seed(8)
+    out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+    grads = {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}
+    torch.manual_seed(8)
+    objective, losses, expected, running = _authors_training_step(authors, images, labels, u=3 if epoch else 0)
+
+    logs = out.logs
+    assert logs["loss_pos"].item() + logs["loss_neg"].item() + logs["loss_loc_passes"].item() == pytest.approx(
+        objective, rel=1e-5)
+    for key in ("loss_pos", "loss_neg", "loss_loc"):
+        assert logs[key].item() == pytest.approx(losses[key], rel=1e-5), key
+    assert out.loss.item() == pytest.approx(losses["loss_pos"] + losses["loss_neg"] + losses["loss_loc"], rel=1e-5)
+    assert grads.keys() == expected.keys()
+    assert any(k.startswith("loc_head") for k in expected) and any(k.startswith("cls_head") for k in expected)
+    for k in expected:
+        torch.testing.assert_close(grads[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+    for a, b in zip(_running(_batch_norm_layers(method.backbone)), running, strict=True):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert not list(method.cls_bn_stats.buffers())  # one set of statistics
+    if epoch:
+        assert logs["erase_depth"] == losses["passes"] >= 2 and logs["erase_passes"] == logs["erase_depth"]
+        counts = {int(layer.num_batches_tracked) for layer in _batch_norm_layers(method.backbone)}
+        assert counts == {losses["passes"] + 2}  # every pass of f and both calls of g
+        # the batch exercises the reference trust: a sample untrusted at one pass (a failed loss check,
+        # its label right) is trusted again at a later one, which the paper's rule would forbid
+        trusted = losses["trusted"]
+        assert any(not trusted[t][i] and trusted[t + 1][i] for t in range(len(trusted) - 1) for i in range(6))
+
+
+def test_cuda_graphs_need_the_full_batch_and_leave_the_cpu_path_unchanged():
+    with pytest.raises(ConfigError, match="erase_batch"):
+        _method(u=4, cuda_graphs=True)
+    torch.manual_seed(3)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    steps = []
+    for graphs in (False, True):
+        method = _method(u=3, erase_batch="full", trust_mode="reference", cuda_graphs=graphs)
+        method.train()
+        torch.manual_seed(4)
+        out = method.training_step({"image": images, "label": labels}, lambda loss: loss.backward())
+        steps.append((out.loss.item(), {k: v.grad.clone() for k, v in method.named_parameters() if v.grad is not None}))
+        assert not method._graphs  # nothing captured off CUDA
+    assert steps[0][0] == steps[1][0]
+    assert all(torch.equal(steps[0][1][k], steps[1][1][k]) for k in steps[0][1])
+    # the unit a graph captures is f's pass, and it adds nothing to the checkpoint
+    method.eval()
+    with torch.no_grad():
+        for a, b in zip(LocalizerPass(method.backbone, method.loc_head)(images), method.localizer(images)):
+            torch.testing.assert_close(a, b)
+    assert list(method.state_dict()) == list(_method(u=3).state_dict())

@@ -70,3 +70,41 @@ def test_cam_avg_scores_are_mean_of_class_maps_and_maps_are_normalised():
     assert maps.min() >= 0 and maps.max() <= 1
     assert torch.allclose(out_logits, logits)
     assert maps.flatten(1).max(1).values.allclose(torch.ones(2))
+
+
+def _csail_resnet101_convolutions() -> list[tuple[int, int, int, int]]:
+    """The convolutions of the CSAIL ResNet-101 (the authors' backbone) in order: ``(out, in, kernel, stride)``.
+
+    Written from its description: a deep stem of three 3x3 convolutions
+    (3 -> 64 stride 2, 64 -> 64, 64 -> 128), a max-pool, then bottlenecks
+    (1x1, 3x3 carrying the stride, 1x1 to 4x the width) in stages of 3, 4, 23
+    and 3 blocks of widths 64 to 512, the first block of a stage with a
+    strided 1x1 shortcut convolution.
+    """
+    convs = [(64, 3, 3, 2), (64, 64, 3, 1), (128, 64, 3, 1)]
+    inplanes = 128
+    for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 23, 2), (512, 3, 2)):
+        for b in range(blocks):
+            s = stride if b == 0 else 1
+            convs += [(planes, inplanes, 1, 1), (planes, planes, 3, s), (planes * 4, planes, 1, 1)]
+            if b == 0:
+                convs.append((planes * 4, inplanes, 1, s))
+            inplanes = planes * 4
+    return convs
+
+
+def test_the_deep_stem_resnet101_is_the_csail_architecture():
+    net = models.build_backbone(ModelSpec("resnet101s", pretrained=False), out_indices=(-1,))
+    convs = [(m.out_channels, m.in_channels, m.kernel_size[0], m.stride[0])
+             for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == _csail_resnet101_convolutions()
+    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in net.modules())  # no ResNet-D average-pool shortcut
+    pools = [m for m in net.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 1 and (pools[0].kernel_size, pools[0].stride) == (3, 2)
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 3, 64, 96))[-1]
+    assert out.shape == (1, 2048, 2, 3)  # stride 32
+    # timm's "resnet101" differs: a single 7x7 stem convolution
+    plain = models.build_backbone(ModelSpec("resnet101", pretrained=False), out_indices=(-1,))
+    first = next(m for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    assert (first.kernel_size, first.out_channels) == ((7, 7), 64)

@@ -5,11 +5,22 @@ Layers, later ones winning:
 1. the defaults of the dataclasses below;
 2. the global profile (``quick`` or ``paper``, :data:`PROFILES`);
 3. the dataset's ``profiles[profile]``;
-4. the method's ``profiles[profile]`` then ``profiles["<profile>/<dataset>"]``;
+4. the method's ``profiles[profile]`` then ``profiles["<profile>/<dataset>"]``,
+   then its switches that are on (``switches[name]`` then
+   ``switches["<name>/<profile>"]`` where ``method.<name> = true`` after all
+   layers): one setting that sets others, in any section (``--set
+   method.reference_code=true`` also sets ``train.amp = false``); the resolved
+   configuration, hence ``config.json`` and ``--show-config``, holds every
+   setting a switch set;
 5. the ``--config`` TOML file;
 6. command-line options (``--epochs``, ``--backbone`` ...);
 7. ``--set section.key=value`` (values in TOML syntax: ``--set train.lr=0.01``,
    ``--set model.pretrained=false``, ``--set dataset.classes=3``).
+
+The user's own settings (layers 5-7) win over a switch, so that one
+difference can be measured alone:
+``--set method.reference_code=true --set train.amp=true`` is the authors'
+setting but for that one row.
 
 The sections are ``model``, ``train``, ``eval`` (fixed keys) and ``method``,
 ``pooling``, ``dataset`` (the keys are the plug-in's ``defaults``). An unknown
@@ -294,15 +305,15 @@ def resolve(
     profile_pooling: dict[str, Any] = {}
     for layer in layers:
         profile_pooling = deep_merge(profile_pooling, layer.pop("pooling", {}))
-    layers += user_layers
-
     base = dataclasses.asdict(RunConfig())
-    merged: dict[str, Any] = {k: base[k] for k in TOP_KEYS}
-    merged.update(model=base["model"], train=base["train"], eval=base["eval"])
-    merged.update(method=dict(method_cls.defaults), dataset=dict(dataset_cls.defaults), pooling={})
-    for layer in layers:
-        _validate_shape(layer)
-        merged = deep_merge(merged, layer)
+    start: dict[str, Any] = {k: base[k] for k in TOP_KEYS}
+    start.update(model=base["model"], train=base["train"], eval=base["eval"])
+    start.update(method=dict(method_cls.defaults), dataset=dict(dataset_cls.defaults), pooling={})
+    merged = _merge_layers(start, layers + user_layers)
+    # a method's switches: set above every profile, below the user's own settings, which win
+    switched = _switch_layers(method_cls, merged["method"], chosen["profile"])
+    if switched:
+        merged = _merge_layers(start, layers + switched + user_layers)
     merged["method"].pop("name", None)
     merged["dataset"].pop("name", None)
 
@@ -353,6 +364,24 @@ def rebase(cfg: RunConfig, method: str | None = None, sets: list[str] | None = N
         layer["model"]["pooling"] = layer["model"]["pooling"] or getattr(run_method, "default_pooling", None)
         layer["method"] = {"name": method}
     return resolve(profile=cfg.profile, options=layer, sets=sets)
+
+
+def _merge_layers(start: dict[str, Any], layers: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = start
+    for layer in layers:
+        _validate_shape(layer)
+        merged = deep_merge(merged, layer)
+    return merged
+
+
+def _switch_layers(method_cls: type, method_params: dict[str, Any], profile: str) -> list[dict[str, Any]]:
+    """The layers of the method's switches that are on (``method.NAME = true``), each then its profile's part."""
+    switches = getattr(method_cls, "switches", {})
+    layers = []
+    for name, settings in switches.items():
+        if "/" not in name and method_params.get(name) is True:
+            layers += [_normalise_layer(settings), _normalise_layer(switches.get(f"{name}/{profile}", {}))]
+    return [layer for layer in layers if layer]
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

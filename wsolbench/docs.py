@@ -565,8 +565,8 @@ def _builtin(kind: str, entry: Entry, shared: type | None) -> str:
     return _join(parts)
 
 
-def _profiles(owners: Iterable[tuple[str, dict[str, dict[str, Any]]]]) -> str:
-    """One row per profile, the plug-ins with identical profiles together."""
+def _profiles(owners: Iterable[tuple[str, dict[str, dict[str, Any]]]], what: str = "profile") -> str:
+    """One row per profile (or switch), the plug-ins with identical profiles together."""
     groups: list[tuple[list[str], dict[str, dict[str, Any]]]] = []
     for name, profiles in owners:
         if not profiles:
@@ -578,7 +578,7 @@ def _profiles(owners: Iterable[tuple[str, dict[str, dict[str, Any]]]]) -> str:
             groups.append(([name], profiles))
     rows = [(", ".join(f"`{n}`" for n in owners), f"`{key}`", ", ".join(f"`{s}`" for s in _settings(settings)))
             for owners, profiles in groups for key, settings in profiles.items()]
-    return table(("plug-ins", "profile", "settings"), rows)
+    return table(("plug-ins", what, "settings"), rows)
 
 
 @_generator("builtins")
@@ -604,6 +604,14 @@ def builtins(kind: str) -> str:
             "Settings each profile adds for these plug-ins (on top of the global profile; "
             "a key `<profile>/<dataset>` applies on that dataset only):\n",
             _profiles(profiled),
+        ]
+    switched = [(e.name, getattr(e.resolve(), "switches", {})) for e in entries]
+    if any(p for _, p in switched):
+        parts += [
+            "### Switches\n",
+            ("Settings a switch (`--set method.NAME=true`) sets at once, above every profile; the user's own "
+             "settings win over it (a key `<switch>/<profile>` applies with that profile only):\n"),
+            _profiles(switched, "switch"),
         ]
     return _join(parts)
 

@@ -74,6 +74,10 @@ class Method(nn.Module):
     #: configuration overrides per profile, keyed ``"paper"`` or ``"paper/<dataset>"``;
     #: values are nested dicts shaped like the TOML file (``{"train": {"lr": 0.01}}``)
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: settings a boolean parameter of :attr:`defaults` switches at once when it is true, keyed by the
+    #: parameter's name (and ``"<name>/<profile>"`` for what applies with that profile only); shaped
+    #: like :attr:`profiles`, they may reach any section: above every profile, below the user's settings
+    switches: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, num_classes: int, model: ModelSpec | None = None, **params: Any):
         super().__init__()

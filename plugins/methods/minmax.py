@@ -29,7 +29,10 @@ Cost and memory: Eq.8 is back-propagated right after each pass (gradient
 accumulation), so one pass's graph is alive at a time and the peak memory is
 that of ``u = 0``; each further pass runs only on the samples still erasing,
 so its cost follows their number. ``u = 0`` is the variant without erasing:
-one pass, ``R+`` used as is (no trust), one backward of Eq.9.
+one pass, ``R+`` used as is (no trust), one backward of Eq.9. On a GPU the
+passes wait on kernel launches; ``cuda_graphs = true`` (with ``erase_batch =
+"full"``, whose passes all have one shape) replays f's forward and backward as
+CUDA graphs instead; the CPU path is unchanged (docs/minmax.md: unmeasured).
 
 Inference is a single pass: the class comes from ``g`` on ``X+`` (as in the
 paper), the map is ``f``'s normalised ``M+`` (per image). The map of a named
@@ -50,6 +53,21 @@ weights scored about 6% normalised with their inputs' own statistics. Every
 pass says what it is (f on the whole image, f on an erased image, g), and
 :meth:`MinMaxEntropy.batch_norm_statistics` lends the layers that pass's set
 (:data:`BN_STATISTICS`).
+
+``reference_code = true`` switches, in the configuration, every setting in
+which the authors' code (sbelharbi/wsol-min-max-entropy-interpretability)
+differs from the defaults (docs/minmax.md has the table): every erasing pass
+on the whole batch (``erase_batch = "full"``: a stopped sample keeps its
+image, gets no trust, and its Eq.8 is back-propagated at every later pass,
+averaged over all N), one set of batch-norm statistics updated by every pass,
+g called on X+ then on X-, batch-wise normalisation of the training masks,
+only a wrong label final, erasing from epoch 1, their bilinear resizing
+(``align_corners``, g's input size rounded down), float32
+(``train.amp = false``), the last of the epochs tied at the lowest validation
+error (``train.select_ties = "last"``) and, with the ``paper`` profile, the
+deep-stem ResNet-101 of CSAIL (timm's ``resnet101s``, the same layers; its
+pretrained weights are timm's Gluon ImageNet weights, not CSAIL's, whose
+checkpoint names its layers differently).
 """
 
 from __future__ import annotations
@@ -72,13 +90,13 @@ from wsolbench.models import (
     build_pooling,
     feature_channels,
     minmax_normalize,
-    upsample,
 )
 
 TRUST_MODES = ("paper", "reference")
 NORMALIZATIONS = ("image", "batch")
 CLASSIFIER_BATCHES = ("joint", "separate")
 CLASSIFIER_BNS = ("own", "shared")
+ERASE_BATCHES = ("compact", "full")
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 #: for each ``classifier_bn``, the running statistics a pass of each kind reads and updates: f's set
 #: (``"localizer"``), g's own set (``"classifier"``) or none (``None``, see :meth:`MinMaxEntropy.batch_norm_statistics`)
@@ -111,6 +129,13 @@ def weighted_map(weights: Tensor, class_maps: Tensor) -> Tensor:
     return torch.einsum("nk,nkhw->nhw", weights.float(), class_maps.float()).unsqueeze(1)
 
 
+def resize(maps: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of ``(N, C, h, w)`` to ``size``; ``align_corners=True`` is the reference code's sampling."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
 def normalize_maps(maps: Tensor, per: str = "image") -> Tensor:
     """Min-max normalisation to [0, 1] of each image's map (``"image"``) or of the whole batch (``"batch"``)."""
     if per == "batch":
@@ -126,13 +151,14 @@ def relevance_mask(
     omega: float = 8.0,
     sigma: float = 0.5,
     normalize: str = "image",
+    align_corners: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Eq.10-11 without gradient: ``(R+, M^)``, both ``(N, 1, H, W)`` in [0, 1].
 
     ``M^`` is ``M+`` upsampled to ``size`` and min-max normalised;
     ``R+ = sigmoid(omega * (M^ - sigma))``.
     """
-    normalized = normalize_maps(upsample(positive_map(scores, class_maps), tuple(size)), normalize)
+    normalized = normalize_maps(resize(positive_map(scores, class_maps), tuple(size), align_corners), normalize)
     return torch.sigmoid(omega * (normalized - sigma)), normalized
 
 
@@ -158,6 +184,7 @@ class Erasure:
     depth: int  #: passes of the localizer over the batch (1..u)
     passes: int  #: sample-passes: the sum over passes of the samples still erasing
     loss0: Tensor  #: Eq.8 per sample on the unerased images (detached)
+    loss_sum: Tensor  #: Eq.8 summed over every sample-pass that was back-propagated, divided by N (detached)
 
 
 def recursive_erasing(
@@ -173,6 +200,8 @@ def recursive_erasing(
     trust_mode: str = "paper",
     normalize: str = "image",
     weight: float = 1.0,
+    batch: str = "compact",
+    align_corners: bool = False,
     observe: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> Erasure:
     """Algorithm 1: accumulate trusted masks over at most ``depth`` passes of ``localizer``.
@@ -180,45 +209,77 @@ def recursive_erasing(
     After each pass, ``backward(weight * sum_i L_i / N)`` is called on Eq.8 of
     the samples in that pass (``N``: the batch size, so every sample-pass
     weighs the same and the first pass is the batch mean), which frees the
-    pass's graph. Samples whose trust is exhausted leave the batch: the next
-    pass runs on the others only. ``observe(t, rows, trust, accumulated)``,
-    if given, sees each pass (``rows``: the batch positions in the pass).
+    pass's graph. With ``batch = "compact"``, samples whose trust is
+    exhausted leave the batch: the next pass runs on the others only. With
+    ``"full"`` (the reference code) every pass runs on the whole batch: a
+    stopped sample keeps its last image, gets zero trust, and its Eq.8 is
+    back-propagated again at every later pass (and, with ``normalize =
+    "batch"``, its map shares the batch's min-max range).
+    ``observe(t, rows, trust, accumulated)``, if given, sees each pass
+    (``rows``: the batch positions in the pass).
     """
     if depth < 1:
         raise ValueError("recursive_erasing needs depth >= 1 (u = 0 means no erasing at all)")
     if trust_mode not in TRUST_MODES:
         raise ConfigError(f"trust_mode must be one of {TRUST_MODES}, not {trust_mode!r}")
+    if batch not in ERASE_BATCHES:
+        raise ConfigError(f"erase_batch must be one of {ERASE_BATCHES}, not {batch!r}")
     n = images.shape[0]
     size = tuple(images.shape[-2:])
     accumulated = torch.zeros(n, 1, *size, device=images.device, dtype=torch.float32)
     rows = torch.arange(n, device=images.device)
+    alive = torch.ones(n, dtype=torch.bool, device=images.device)  # "full": the samples still erasing
     x, y = images, labels
     loss0 = None
+    loss_sum = torch.zeros((), device=images.device)
     passes = 0
     for t in range(depth):
         scores, class_maps = localizer(x)
         losses = F.cross_entropy(scores.float(), y, reduction="none")
         backward(losses.sum() * (weight / n))
         losses = losses.detach()
+        loss_sum = loss_sum + losses.sum() / n
         if loss0 is None:
             loss0 = losses
         trust, trusted = trust_coefficients(scores, y, losses, loss0[rows], t, sigma_e)
-        mask, _ = relevance_mask(scores, class_maps, size, omega, sigma, normalize)
+        # paper: zero trust is final; reference code: only a wrong label is final
+        keep = trusted if trust_mode == "paper" else scores.detach().argmax(dim=1) == y
+        if batch == "full":
+            trusted, keep = trusted & alive, keep & alive
+            trust = trust * alive
+        mask, _ = relevance_mask(scores, class_maps, size, omega, sigma, normalize, align_corners)
         current = torch.maximum(accumulated[rows], trust.view(-1, 1, 1, 1) * mask)
         accumulated[rows] = current
         passes += int(rows.numel())
         if observe is not None:
             observe(t, rows, trust, accumulated)
-        # paper: zero trust is final; reference code: only a wrong label is final
-        keep = trusted if trust_mode == "paper" else scores.detach().argmax(dim=1) == y
         if t + 1 == depth or not bool(keep.any()):
             break
         erased = torch.where(trusted.view(-1, 1, 1, 1), x * (1 - current).to(x.dtype), x)
-        x, y, rows = erased[keep], y[keep], rows[keep]
-    return Erasure(accumulated, t + 1, passes, loss0)
+        if batch == "full":
+            x, alive = erased, keep
+        else:
+            x, y, rows = erased[keep], y[keep], rows[keep]
+    return Erasure(accumulated, t + 1, passes, loss0, loss_sum)
 
 
 # -- the method -------------------------------------------------------------------
+class LocalizerPass(torch.nn.Module):
+    """f as one module: the shared backbone, then f's head; ``images -> (scores, class_maps)``.
+
+    The unit a CUDA graph captures (``cuda_graphs``); it is built on demand
+    and never registered in the method, so the checkpoint's names stay as
+    they are.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.backbone(images)[-1])
+
+
 class MinMaxEntropy(Method):
     """Min-max entropy WSOL with recursive erasing and trust coefficients."""
 
@@ -238,6 +299,23 @@ class MinMaxEntropy(Method):
         "normalize": "image",  #: min-max of the training masks per "image" or per "batch" (reference code)
         "classifier_batch": "joint",  #: "joint": X+ and X- through g in one call; "separate": one call each
         "classifier_bn": "own",  #: "own": g keeps its own batch-norm running statistics; "shared": one set for f and g
+        "erase_batch": "compact",  #: "compact": stopped samples leave the erasing batch; "full": they stay (reference code)
+        "align_corners": False,  #: bilinear resizing of maps and of g's input with align_corners (reference code: true)
+        "reference_code": False,  #: true: the authors' code in every setting it differs in (see ``switches``)
+        "cuda_graphs": False,  #: on CUDA, f's erasing passes replayed as CUDA graphs (needs erase_batch = "full")
+    }
+    #: ``method.reference_code = true``: every setting in which the authors' code differs from
+    #: wsolbench's default, switched at once (docs/minmax.md, the faithfulness table)
+    switches: ClassVar[dict[str, dict[str, Any]]] = {
+        "reference_code": {
+            "method": {
+                "erase_batch": "full", "classifier_bn": "shared", "classifier_batch": "separate",
+                "normalize": "batch", "trust_mode": "reference", "erase_start_epoch": 1, "align_corners": True,
+            },
+            "train": {"amp": False, "select_ties": "last"},
+        },
+        # the CSAIL ResNet-101: deep stem of three 3x3 convolutions (64, 64, 128), strided 1x1 shortcuts
+        "reference_code/paper": {"model": {"backbone": "resnet101s"}},
     }
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {
@@ -274,6 +352,8 @@ class MinMaxEntropy(Method):
                     self.cls_bn_stats.register_buffer(f"{key}_{i}", getattr(layer, key).clone())
         # f's running statistics while a pass lends the layers another set (None outside every pass)
         self._localizer_bn: list[list[Tensor | None]] | None = None
+        # cuda_graphs: f's pass captured per (running statistics, shape, dtype, strides, device)
+        self._graphs: dict[tuple, Callable[[Tensor], tuple[Tensor, Tensor]]] = {}
 
     # -- batch-norm running statistics ---------------------------------------------------
     def _batch_norms(self) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -328,9 +408,41 @@ class MinMaxEntropy(Method):
         def localizer(images: Tensor) -> tuple[Tensor, Tensor]:
             nonlocal passes
             passes += 1
-            return self.localizer(images, "localizer" if passes == 1 else "erasing")
+            kind = "localizer" if passes == 1 else "erasing"
+            if self.params["cuda_graphs"] and images.is_cuda and not torch.is_autocast_enabled("cuda"):
+                return self._graphed_localizer(images, kind)
+            return self.localizer(images, kind)
 
         return localizer
+
+    def _graphed_localizer(self, images: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+        """f's pass of ``kind`` through a CUDA graph of its forward and backward, captured on first use.
+
+        ``torch.cuda.make_graphed_callables`` records the pass once per input
+        shape and set of running statistics (one graph with ``classifier_bn =
+        "shared"``, two with ``"own"``: the erasing passes update none) and
+        then replays it with one launch, where the eager pass launches every
+        kernel from Python. The capture's warm-up passes leave no trace: the
+        running statistics and the CUDA random state are put back. Graphs
+        read and write the tensors they were captured with (parameters,
+        running statistics), which optimiser steps and ``load_state_dict``
+        update in place; under autocast (``train.amp``) the eager pass runs.
+        """
+        owner = BN_STATISTICS[self.params["classifier_bn"]][kind]
+        key = (owner, tuple(images.shape), images.dtype, images.stride(), images.device)
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            saved = [buffer.detach().clone() for buffer in self.buffers()]
+            rng = torch.cuda.get_rng_state(images.device)
+            with self.batch_norm_statistics(kind):
+                graphed = torch.cuda.make_graphed_callables(LocalizerPass(self.backbone, self.loc_head),
+                                                            (images.detach().clone(),))
+            with torch.no_grad():
+                for buffer, value in zip(self.buffers(), saved):
+                    buffer.copy_(value)
+            torch.cuda.set_rng_state(rng, images.device)
+            self._graphs[key] = graphed
+        return graphed(images)
 
     def _check_params(self) -> None:
         p = self.params
@@ -342,9 +454,13 @@ class MinMaxEntropy(Method):
         if not 0 < p["classifier_scale"] <= 1:
             problems.append("method.classifier_scale must be in (0, 1]")
         for key, choices in (("trust_mode", TRUST_MODES), ("normalize", NORMALIZATIONS),
-                             ("classifier_batch", CLASSIFIER_BATCHES), ("classifier_bn", CLASSIFIER_BNS)):
+                             ("classifier_batch", CLASSIFIER_BATCHES), ("classifier_bn", CLASSIFIER_BNS),
+                             ("erase_batch", ERASE_BATCHES)):
             if p[key] not in choices:
                 problems.append(f"method.{key} must be one of {', '.join(choices)}, not {p[key]!r}")
+        if p["cuda_graphs"] and p["erase_batch"] != "full":
+            problems.append('method.cuda_graphs needs method.erase_batch = "full": a CUDA graph replays one fixed '
+                            'shape, and the compact batch shrinks from pass to pass')
         if min(p["w_pos"], p["w_neg"], p["w_loc"]) < 0:
             problems.append("the loss weights method.w_pos, w_neg, w_loc must be >= 0")
         if problems:
@@ -352,7 +468,8 @@ class MinMaxEntropy(Method):
 
     @classmethod
     def label(cls, name: str, params: dict[str, Any]) -> str:
-        return f"{name} (u={params.get('u', cls.defaults['u'])})"
+        code = ", reference code" if params.get("reference_code") else ""
+        return f"{name} (u={params.get('u', cls.defaults['u'])}{code})"
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
@@ -367,7 +484,9 @@ class MinMaxEntropy(Method):
     def classify(self, images: Tensor) -> Tensor:
         """``g``: class scores of the image resized by ``classifier_scale``."""
         scale = self.params["classifier_scale"]
-        if scale != 1:
+        if scale != 1 and self.params["align_corners"]:  # the reference code: the size rounded down, corners aligned
+            images = resize(images, (int(images.shape[-2] * scale), int(images.shape[-1] * scale)), True)
+        elif scale != 1:
             images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
         with self.batch_norm_statistics("classifier"):
             features = self.backbone(images)[-1]
@@ -387,7 +506,7 @@ class MinMaxEntropy(Method):
 
     def mask(self, scores: Tensor, class_maps: Tensor, size: tuple[int, int], normalize: str = "image") -> tuple[Tensor, Tensor]:
         p = self.params
-        return relevance_mask(scores, class_maps, size, p["omega"], p["sigma"], normalize)
+        return relevance_mask(scores, class_maps, size, p["omega"], p["sigma"], normalize, p["align_corners"])
 
     # -- training ---------------------------------------------------------------------
     def erasing_depth(self) -> int:
@@ -403,15 +522,17 @@ class MinMaxEntropy(Method):
             scores, class_maps = self.localizer(images)
             loss_loc = F.cross_entropy(scores.float(), labels)
             relevant, _ = self.mask(scores, class_maps, images.shape[-2:], p["normalize"])
-            logs: dict[str, Any] = {"erase_depth": 0.0, "erase_passes": 0.0}
+            logs: dict[str, Any] = {"erase_depth": 0.0, "erase_passes": 0.0, "loss_loc_passes": loss_loc.detach()}
         else:
             erasure = recursive_erasing(
                 self._erasing_localizer(), images, labels, backward, depth=depth, sigma_e=p["sigma_e"], omega=p["omega"],
                 sigma=p["sigma"], trust_mode=p["trust_mode"], normalize=p["normalize"], weight=p["w_loc"],
+                batch=p["erase_batch"], align_corners=p["align_corners"],
             )
             relevant = erasure.accumulated
             loss_loc = erasure.loss0.mean()
-            logs = {"erase_depth": float(erasure.depth), "erase_passes": erasure.passes / n}
+            logs = {"erase_depth": float(erasure.depth), "erase_passes": erasure.passes / n,
+                    "loss_loc_passes": erasure.loss_sum}
         relevant = relevant.to(images.dtype)
         logits_pos, logits_neg = self.classify_pair(images * relevant, images * (1 - relevant))
         loss_pos = F.cross_entropy(logits_pos.float(), labels)
@@ -445,7 +566,8 @@ class MinMaxEntropy(Method):
         ``f``'s probabilities, upsampled and min-max normalised per image like ``M+``."""
         _, class_maps = self.localizer(images)
         weights = F.one_hot(classes.long().to(class_maps.device), self.num_classes)
-        return normalize_maps(upsample(weighted_map(weights, class_maps), tuple(images.shape[-2:]))).squeeze(1)
+        maps = resize(weighted_map(weights, class_maps), tuple(images.shape[-2:]), self.params["align_corners"])
+        return normalize_maps(maps).squeeze(1)
 
     def infer(self, images: Tensor) -> tuple[Tensor, Tensor]:
         relevant, normalized = self._forward_maps(images)
