@@ -302,11 +302,11 @@ def progress_display(quiet: bool) -> Iterator[ProgressDisplay | None]:
 
 
 def shown_metrics(results: dict) -> list[str]:
-    """The metrics of the result tables printed by ``run``, ``evaluate`` and ``evaluate-run``: every entry of
-    the metric table that ``results`` holds, in its order."""
+    """The metrics of the result tables printed by ``run``, ``evaluate`` and ``evaluate-run``: the headline
+    entries of the metric table that ``results`` holds, in its order (every metric is in ``results.json``)."""
     from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
 
-    return [name for name in METRICS if name in results]
+    return [name for name, metric in METRICS.items() if metric.headline and name in results]
 
 
 def results_table(results: dict, title: str) -> Table:
@@ -315,8 +315,7 @@ def results_table(results: dict, title: str) -> Table:
 
     crf = results.get("crf")
     crf = {**crf, "cl_error": results.get("cl_error")} if isinstance(crf, dict) else None  # the CRF keeps the classes
-    notes = [note for note in (selection_note(results), thresholds_note(results)) if note]
-    table = Table(title=title, caption="\n".join(notes) or None, caption_justify="left")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("as given", justify="right")
     if crf is not None:
@@ -351,10 +350,10 @@ def thresholds_note(results: dict) -> str | None:
     if source is None or "maxboxacc" not in results:
         return None
     if source == "valid":
-        return ("thresholds of the (val thr.) rows and of Top-k Loc: chosen on the validation split, applied here; "
-                "MaxBoxAcc, BoxAcc@k and Dice* take the test-optimal threshold")
-    return (f"no validation split was scored: Top-k Loc takes the threshold of MaxBoxAcc on the {source} split "
-            f"itself, and the (val thr.) rows are empty")
+        return ("Top-1, Top-5 and GT-known Loc (and the \"(val thr.)\" metrics of results.json) use thresholds "
+                "chosen on the validation split; MaxBoxAcc, MaxBoxAccV2 and Dice* take the test-optimal threshold")
+    return (f"no validation split was scored: Top-k and GT-known Loc take the threshold of MaxBoxAcc on the {source} "
+            f"split itself, and the \"(val thr.)\" metrics are empty")
 
 
 def metric_notes(results: dict) -> str:
@@ -370,6 +369,15 @@ def print_results(results: dict, run_dir: str | None = None) -> None:
     seed = f", seed {results['seed']}" if results.get("method") != "external" else ""
     title = f"{escape(str(results['method_label']))} on {escape(str(results['dataset']))} ({split}{seed})"
     out.print(results_table(results, title))
+    for note in (selection_note(results), thresholds_note(results)):
+        if note:
+            out.print(note[0].upper() + note[1:] + ".")
     out.print(metric_notes(results))
+    from wsolbench.scoring.metrics import METRICS  # torch: see wsolbench.cli
+
+    others = len([name for name in METRICS if name in results]) - len(shown_metrics(results))
+    if others > 0:
+        out.print(f"{others} more metrics (per-IoU box accuracies, thresholds, validation-threshold scores) in "
+                  f"results.json; `wsolbench report --metrics all` tabulates them (docs/metrics.md).")
     if run_dir is not None:
         out.print(f"run directory: [bold]{run_dir}[/bold]")

@@ -97,6 +97,7 @@ class Metric:
     description: str
     decimals: int = 2
     default: bool = False  #: shown by ``wsolbench report`` unless ``--metrics`` says otherwise
+    headline: bool = False  #: in the result table ``run``, ``evaluate`` and ``evaluate-run`` print (all: results.json)
 
     def format(self, value: float | None) -> str:
         """``value`` with the metric's decimals; ``-`` for a missing or NaN value."""
@@ -159,19 +160,19 @@ PROTOCOLS: dict[str, Protocol] = {
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("cl_error", "Err.", "Err.", "lower", "classification", "classification error (%)", default=True),
+        Metric("cl_error", "Err.", "Err.", "lower", "classification", "classification error (%)", default=True, headline=True),
         Metric("f1_pos", "F1+", "F1$^+$", "higher", "f1",
-               "per-image Dice of the foreground at threshold 0.5, mean over images (x100)", default=True),
+               "per-image Dice of the foreground at threshold 0.5, mean over images (x100)", default=True, headline=True),
         Metric("f1_neg", "F1-", "F1$^-$", "higher", "f1",
-               "per-image Dice of the background at threshold 0.5, mean over images (x100)", default=True),
+               "per-image Dice of the background at threshold 0.5, mean over images (x100)", default=True, headline=True),
         Metric("pxap", "PxAP", "PxAP", "higher", "pxap",
-               "pixel average precision over the set, fixed-bin histograms (x100)", default=True),
+               "pixel average precision over the set, fixed-bin histograms (x100)", default=True, headline=True),
         Metric("maxboxacc", "MaxBoxAcc", "MaxBoxAcc", "higher", "box",
                "share of images whose largest contour's box has IoU >= 0.5 with a true box, at the test-optimal "
-               "threshold (%; CVPR 2020 v1)"),
+               "threshold (%; CVPR 2020 v1)", headline=True),
         Metric("maxboxaccv2", "MaxBoxAccV2", "MaxBoxAccV2", "higher", "box",
                "mean over IoU 0.3/0.5/0.7 of the test-optimal-threshold share of images with any contour's box "
-               "matching a true box (%)"),
+               "matching a true box (%)", headline=True),
         *(Metric(f"boxacc_{iou}", f"BoxAcc@{iou}", f"BoxAcc@{iou}", "higher", "box",
                  f"test-optimal-threshold share of images with any contour's box of IoU >= 0.{iou // 10} "
                  f"(%; a term of MaxBoxAccV2)") for iou in (30, 50, 70)),
@@ -193,13 +194,13 @@ METRICS: dict[str, Metric] = {
                  "box_at_valid", f"the map threshold of boxacc_{iou} on the validation split", decimals=3)
           for iou in (30, 50, 70)),
         Metric("top1_loc", "Top-1 Loc", "Top-1 Loc", "higher", "box_localization",
-               "true class predicted first and box IoU >= 0.5 at box_threshold_val (%)"),
+               "true class predicted first and box IoU >= 0.5 at box_threshold_val (%)", headline=True),
         Metric("top5_loc", "Top-5 Loc", "Top-5 Loc", "higher", "box_localization",
-               "true class among the top 5 predictions and box IoU >= 0.5 at box_threshold_val (%)"),
+               "true class among the top 5 predictions and box IoU >= 0.5 at box_threshold_val (%)", headline=True),
         Metric("gt_known_loc", "GT-known Loc", "GT-known Loc", "higher", "box_localization",
-               "box IoU >= 0.5 at box_threshold_val whatever the prediction (%)"),
+               "box IoU >= 0.5 at box_threshold_val whatever the prediction (%)", headline=True),
         Metric("dice_best", "Dice*", "Dice$^*$", "higher", "best_threshold",
-               "pooled Dice at the test-optimal threshold (x100), a different protocol from F1 at 0.5"),
+               "pooled Dice at the test-optimal threshold (x100), a different protocol from F1 at 0.5", headline=True),
         Metric("iou_best", "IoU*", "IoU$^*$", "higher", "best_threshold",
                "pooled IoU at the threshold of dice_best (x100)"),
         Metric("threshold_best", "Thr.*", "$\\tau^*$", "none", "best_threshold",
