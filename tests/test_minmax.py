@@ -295,6 +295,16 @@ def test_u0_is_a_single_pass_inference_never_erases_and_erasing_waits_for_its_ep
     assert method.training_step(batch, lambda loss: loss.backward()).logs["erase_depth"] >= 1
 
 
+def _paper_mask(p: dict, size, scores_i, maps_i, trust=1.0) -> torch.Tensor:
+    """Eq.11 written out for one image: M+ (class maps weighted by the probabilities), upsampled,
+    min-max normalised, pseudo-binarised, times the trust."""
+    prob = scores_i.detach().softmax(0)
+    m = (prob.view(-1, 1, 1) * maps_i.detach()).sum(0, keepdim=True)
+    m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+    m = (m - m.min()) / (m.max() - m.min())
+    return trust * torch.sigmoid(p["omega"] * (m - p["sigma"]))
+
+
 def _direct_gradients(method: MinMaxEntropy, images, labels, u: int, trust_mode: str) -> dict[str, torch.Tensor]:
     """The same loss written out directly: full-batch passes, every graph kept, one backward."""
     p = method.params
@@ -307,11 +317,7 @@ def _direct_gradients(method: MinMaxEntropy, images, labels, u: int, trust_mode:
     total = 0.0
 
     def mask_of(scores_i, maps_i, trust=1.0):
-        prob = scores_i.detach().softmax(0)
-        m = (prob.view(-1, 1, 1) * maps_i.detach()).sum(0, keepdim=True)
-        m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
-        m = (m - m.min()) / (m.max() - m.min())
-        return trust * torch.sigmoid(p["omega"] * (m - p["sigma"]))
+        return _paper_mask(p, size, scores_i, maps_i, trust)
 
     if u == 0:
         scores, maps = method.localizer(x)
@@ -419,11 +425,7 @@ def _restated_training_step(model: MinMaxEntropy, images, labels, u: int, trust_
         return scores, maps
 
     def mask_of(scores_i, maps_i, trust=1.0):
-        prob = scores_i.detach().softmax(0)
-        m = (prob.view(-1, 1, 1) * maps_i.detach()).sum(0, keepdim=True)
-        m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
-        m = (m - m.min()) / (m.max() - m.min())
-        return trust * torch.sigmoid(p["omega"] * (m - p["sigma"]))
+        return _paper_mask(p, size, scores_i, maps_i, trust)
 
     model.zero_grad()
     acc = torch.zeros(n, 1, *size)
