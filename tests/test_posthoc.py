@@ -18,7 +18,7 @@ from wsolbench.errors import CheckpointError, ConfigError, UserError
 from wsolbench.interfaces import ModelSpec
 from wsolbench.models import minmax_normalize
 from wsolbench.testing import TINY_MODEL, build_method, check_method, make_batch
-from wsolbench.training import checkpoint_eval, runner
+from wsolbench.training import checkpoint_eval, engine, runner
 
 #: timm's smallest ResNet (96 channels): Score-CAM and Ablation-CAM run one forward pass per channel
 SMALL = ModelSpec(backbone="test_resnet", pretrained=False)
@@ -167,12 +167,12 @@ def cam_run(tmp_path_factory):
 def _maps(run, monkeypatch, **kwargs):
     maps = {}
 
-    class Catching(checkpoint_eval.TestExtras):
+    class Catching(engine.TestExtras):
         def update(self, index, heat, mask):
             maps[index] = heat.cpu().clone()
             super().update(index, heat, mask)
 
-    monkeypatch.setattr(checkpoint_eval, "TestExtras", Catching)
+    monkeypatch.setattr(engine, "TestExtras", Catching)  # where a split is scored
     results = checkpoint_eval.evaluate_checkpoint(run, device="cpu", **kwargs)
     return results, maps
 

@@ -25,7 +25,7 @@ from wsolbench.models import minmax_normalize, upsample
 from wsolbench.plugin_host import registry
 from wsolbench.runs import inference, modelfile
 from wsolbench.testing import build_method
-from wsolbench.training import checkpoint_eval, runner
+from wsolbench.training import checkpoint_eval, engine, runner
 
 TINY_SETS = [TINY[i + 1] for i in range(0, len(TINY) - 2, 2) if TINY[i] == "--set"]
 N_TEST = 8
@@ -50,12 +50,12 @@ def evaluate_run_maps(run: Path, monkeypatch) -> dict[int, np.ndarray]:
     """The maps ``evaluate-run`` scores, by test index, caught where the scoring hands them on."""
     maps = {}
 
-    class Catching(checkpoint_eval.TestExtras):
+    class Catching(engine.TestExtras):
         def update(self, index, heat, mask):
             maps[index] = heat.cpu().numpy().copy()
             super().update(index, heat, mask)
 
-    monkeypatch.setattr(checkpoint_eval, "TestExtras", Catching)
+    monkeypatch.setattr(engine, "TestExtras", Catching)  # where a split is scored
     checkpoint_eval.evaluate_checkpoint(run, device="cpu")
     return maps
 

@@ -48,7 +48,7 @@ from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.plots import prediction_overlay
 from wsolbench.training.checkpoints import load_model_state
 from wsolbench.training.distributed import select_device
-from wsolbench.training.engine import Listener, Precision, _tell
+from wsolbench.training.engine import Listener, Precision, fit_maps, tell
 from wsolbench.utils import atomic_write_bytes
 
 #: the extensions of the files taken from a folder (any file named on the command line is tried)
@@ -164,12 +164,8 @@ class Model:
         maps = maps.detach().float()
         if not bool(torch.isfinite(maps).all()):
             raise UserError(f"method {cfg.method!r} produced NaN or infinite maps")
-        out = []
-        for j, ((h, w), image) in enumerate(zip(sizes, images)):
-            m = maps[j:j + 1, :h, :w]
-            if (h, w) != tuple(image.shape[-2:]):
-                m = F.interpolate(m[:, None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-            out.append(m[0].clamp(0, 1).cpu().numpy())
+        out = [fit_maps(maps[j:j + 1], hw, tuple(image.shape[-2:]))[0].cpu().numpy()
+               for j, (hw, image) in enumerate(zip(sizes, images))]
         return logits.detach().float().cpu(), out
 
 
@@ -387,7 +383,7 @@ def predict_files(
     step = batch_size or model.config.eval.batch_size
     rows: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
-    _tell(listener, "phase_started", phase="predict", total=-(-len(images) // step))
+    tell(listener, "phase_started", phase="predict", total=-(-len(images) // step))
     for start in range(0, len(images), step):
         decoded = []
         for image_id, path in images[start:start + step]:
@@ -398,7 +394,7 @@ def predict_files(
         if decoded:
             result = model.predict([img for _, img in decoded], class_index, threshold, batch_size=len(decoded))
             rows += _write_batch(model, out, decoded, result)
-        _tell(listener, "step")
+        tell(listener, "step")
     _write_csv(out / PREDICTIONS, rows)
     return failures
 

@@ -18,7 +18,11 @@ from wsolbench.assembly import method_label
 from wsolbench.config import RunConfig
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import ChosenThresholds, LocalizationAccumulator, protocol_record
+from wsolbench.scoring.metrics import (
+    ChosenThresholds,
+    LocalizationAccumulator,
+    protocol_record,
+)
 
 
 @dataclass

@@ -26,11 +26,10 @@ from wsolbench.config import rebase
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import rundir
 from wsolbench.runs.rundir import RunDir
-from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.outputs import results_record, write_outputs
 from wsolbench.training import distributed
 from wsolbench.training.checkpoints import load_model_state
-from wsolbench.training.engine import Listener, Precision, evaluate, make_loader, validation_thresholds
+from wsolbench.training.engine import Listener, Precision, score_split
 from wsolbench.utils import seed_everything
 
 
@@ -77,21 +76,10 @@ def evaluate_checkpoint(
             epoch = state.get("epoch")
         epoch = dist.broadcast(epoch)
         dist.broadcast_module(model)
-        items = dataset.split(split, train=False)
-        extras = TestExtras(cfg, dataset, items)
         precision = Precision.choose(dev, cfg.train.amp)
-        listener = listener if dist.is_main else None
-        # the validation split's thresholds, as a run scores its test split (the split's own when it is "valid")
-        chosen = None if split == "valid" else validation_thresholds(model, dataset, cfg, precision, dist, listener)
-        scored = evaluate(
-            model, make_loader(items, cfg, False, dev, seed_offset=2, dist=dist), precision,
-            cfg, localization=True, ids=getattr(items, "ids", None), listener=listener,
-            on_map=extras.update, dist=dist, phase=split, thresholds=chosen,
-        )
-        extras.gather(dist)
-        results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), classifies=model.classifies,
-                                 thresholds_from=split if chosen is None else "valid",
-                                 dataset=dataset.report_name or cfg.dataset,
+        scored, extras, scored_how = score_split(model, dataset, split, cfg, precision, dist,
+                                                 listener if dist.is_main else None)
+        results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), **scored_how,
                                  run=str(run.path), checkpoint=file.name, epoch=epoch, split=split)
         target = None
         if out is not None:

@@ -21,6 +21,7 @@ from wsolbench.config import RunConfig
 from wsolbench.data.samples import eval_collate, seed_worker, train_collate
 from wsolbench.errors import DataError, TrainingDivergedError, UserError
 from wsolbench.interfaces import Event, Method
+from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.metrics import ChosenThresholds, classification_error
 from wsolbench.scoring.outputs import Evaluation
 from wsolbench.scoring.scorer import Scorer, box_columns, split_metrics
@@ -30,7 +31,8 @@ from wsolbench.training.distributed import SINGLE, Context, TrainStep
 Listener = Callable[[Event], None]
 
 
-def _tell(listener: Listener | None, kind: str, **fields: Any) -> None:
+def tell(listener: Listener | None, kind: str, **fields: Any) -> None:
+    """Send ``Event(kind, **fields)`` to ``listener`` (nothing when nobody listens)."""
     if listener is not None:
         listener(Event(kind, **fields))
 
@@ -211,7 +213,7 @@ def train_one_epoch(
                 continue
             v = v.detach().double() if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float64)
             extra[k] = extra.get(k, torch.zeros((), dtype=torch.float64, device=v.device)) + v * n
-        _tell(listener, "step")
+        tell(listener, "step")
     diverged(bad_step, bad_loss, epoch)
     sums = dist.sum({"loss": total_loss.item(), "wrong": wrong.item(), "seen": seen,
                      **{f"train_{k}": v.item() for k, v in extra.items()}})
@@ -279,7 +281,7 @@ def evaluate(
                 bad = [int(i) for i in batch["index"][~torch.isfinite(maps.cpu()).flatten(1).all(1)]]
                 raise UserError(f"method {cfg.method!r} produced NaN or infinite maps for test items {bad}")
             score_batch(scorer, maps, batch, device, on_map)
-        _tell(listener, "step")
+        tell(listener, "step")
     per_image = {"logits": _cat(all_logits), "label": _cat(all_labels)}
     totals = {}
     if localization:
@@ -324,6 +326,30 @@ def validation_thresholds(
                     phase="valid").best_thresholds
 
 
+def score_split(
+    method: Method, dataset: Any, split: str, cfg: RunConfig, precision: Precision, dist: Context = SINGLE,
+    listener: Listener | None = None,
+) -> tuple[Evaluation, TestExtras, dict[str, Any]]:
+    """Score ``split`` as a run scores its test split: thresholds chosen on the validation split (the split's
+    own when it is ``valid``), every map scored, CRF and pictures collected from every process.
+
+    Returns the evaluation, its extras (for :func:`wsolbench.scoring.outputs.write_outputs`) and the
+    ``results.json`` fields that say how it was scored.
+    """
+    chosen = None if split == "valid" else validation_thresholds(method, dataset, cfg, precision, dist, listener)
+    items = dataset.split(split, train=False)
+    extras = TestExtras(cfg, dataset, items)
+    scored = evaluate(
+        method, make_loader(items, cfg, False, precision.device, seed_offset=2, dist=dist), precision, cfg,
+        localization=True, ids=getattr(items, "ids", None), listener=listener, on_map=extras.update, dist=dist,
+        phase=split, thresholds=chosen,
+    )
+    extras.gather(dist)
+    fields = {"classifies": method.classifies, "thresholds_from": split if chosen is None else "valid",
+              "dataset": dataset.report_name or cfg.dataset}
+    return scored, extras, fields
+
+
 def _cat(tensors: list[Tensor]) -> Tensor:
     return torch.cat(tensors) if tensors else torch.empty(0)
 
@@ -337,6 +363,15 @@ def _true_class_maps(method: Method, images: Tensor, logits: Tensor, labels: Ten
     maps = maps.clone()
     maps[wrong] = method.localize_class(images[wrong], labels[wrong]).to(maps.dtype)
     return maps
+
+
+def fit_maps(maps: Tensor, image_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Maps ``(n, H, W)`` of a padded batch cropped to their images' ``image_size``, resized (bilinear) to
+    ``size`` when it differs, clamped to [0, 1]: what evaluation scores and ``predict`` writes."""
+    m = maps[:, : image_size[0], : image_size[1]]
+    if tuple(image_size) != tuple(size):
+        m = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return m.clamp(0, 1)
 
 
 def score_batch(
@@ -355,11 +390,8 @@ def score_batch(
         while end < len(sizes) and sizes[end] == sizes[start]:
             end += 1
         (h, w), mask_size = sizes[start]
-        m = maps[start:end, :h, :w]
+        m = fit_maps(maps[start:end], (h, w), mask_size)
         masks = torch.stack([mk.reshape(mask_size) for mk in batch["masks"][start:end]]).to(device, non_blocking=True)
-        if (h, w) != mask_size:
-            m = F.interpolate(m[:, None], size=mask_size, mode="bilinear", align_corners=False)[:, 0]
-        m = m.clamp(0, 1)
         part = slice(start, end)
         scorer.update(m, masks, batch.get("boxes", [None] * len(sizes))[part],
                       batch.get("ignore", [None] * len(sizes))[part])

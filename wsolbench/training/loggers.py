@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from wsolbench.config import RunConfig
 from wsolbench.data.samples import eval_collate
@@ -27,8 +26,7 @@ from wsolbench.interfaces import Event, Logger, Method
 from wsolbench.plugin_host import PluginWarning, registry
 from wsolbench.scoring.extras import raw_rgb
 from wsolbench.scoring.plots import Sample, overlay_grid
-from wsolbench.scoring.scorer import Scorer
-from wsolbench.training.engine import Listener, Precision, score_batch
+from wsolbench.training.engine import Listener, Precision, fit_maps
 
 #: validation images drawn in each ``overlays_drawn`` picture, at most
 OVERLAY_IMAGES = 4
@@ -106,14 +104,12 @@ def overlay_picture(method: Method, split: Any, cfg: RunConfig, precision: Preci
     with torch.set_grad_enabled(method.needs_grad_at_inference), precision.autocast():
         _, maps = method.infer(images)
     drawn: list[Sample] = []
-
-    def keep(index: int, prob: Tensor, mask: Tensor) -> None:
-        size = tuple(mask.shape[-2:])
-        truth = mask.detach().cpu().numpy().reshape(size) >= 0.5
+    for j, (image_size, mask) in enumerate(zip(batch["sizes"], batch["masks"])):
+        index, size = int(batch["index"][j]), tuple(mask.shape[-2:])
+        prob = fit_maps(maps[j:j + 1].detach().float(), image_size, size)[0]
+        truth = mask.numpy().reshape(size) >= 0.5
         name = str(getattr(split, "ids", range(len(split)))[index])
-        drawn.append(Sample(name, raw_rgb(split, index, size), truth, prob.detach().float().cpu().numpy()))
-
-    score_batch(Scorer(cfg.eval), maps.detach().float(), batch, device, keep)
+        drawn.append(Sample(name, raw_rgb(split, index, size), truth, prob.cpu().numpy()))
     return overlay_grid(drawn, cfg.eval.threshold)
 
 

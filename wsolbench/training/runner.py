@@ -41,7 +41,6 @@ from wsolbench.interfaces import Dataset, Method
 from wsolbench.runs import rundir
 from wsolbench.runs.provenance import data_fingerprint
 from wsolbench.runs.rundir import RunDir
-from wsolbench.scoring.extras import TestExtras
 from wsolbench.scoring.outputs import results_record, write_outputs
 from wsolbench.training import distributed
 from wsolbench.training.checkpoints import (
@@ -60,13 +59,13 @@ from wsolbench.training.distributed import Context
 from wsolbench.training.engine import (
     Listener,
     Precision,
-    _tell,
     evaluate,
     make_loader,
     make_optimizer,
     make_scheduler,
+    score_split,
+    tell,
     train_one_epoch,
-    validation_thresholds,
 )
 from wsolbench.training.loggers import LoggerSet, listening, pictures_after_validation
 from wsolbench.utils import seed_everything
@@ -336,19 +335,10 @@ def _train_and_test(
         run_dir.save_checkpoint(rundir.BEST, model_state(method, cfg, -1), reserve_mb=cfg.train.min_free_mb)
 
     t0 = time.perf_counter()
-    chosen = validation_thresholds(method, dataset, cfg, precision, dist, listener)
-    test_split = dataset.split("test")
-    extras = TestExtras(cfg, dataset, test_split)
-    test = evaluate(
-        method, make_loader(test_split, cfg, False, device, seed_offset=2, dist=dist), precision, cfg,
-        localization=True, ids=getattr(test_split, "ids", None), listener=listener, on_map=extras.update, dist=dist,
-        thresholds=chosen,
-    )
-    extras.gather(dist)
+    test, extras, scored_how = score_split(method, dataset, "test", cfg, precision, dist, listener)
     eval_seconds = time.perf_counter() - t0
     results = results_record(
-        cfg, test.metrics, provided_by=provenance(cfg), classifies=method.classifies,
-        thresholds_from="test" if chosen is None else "valid", dataset=dataset.report_name or cfg.dataset,
+        cfg, test.metrics, provided_by=provenance(cfg), **scored_how,
         best_epoch=state.best["epoch"], valid_error=None if state.best["epoch"] < 0 else state.best["cl_error"],
         **_selection(cfg, dataset, state),
     )
@@ -405,7 +395,7 @@ def _train(
         load_model_state(method, checkpoint, cfg)
         state = restore_training(checkpoint, optimizer, scheduler, precision.scaler)
     step_fn = distributed.training_step(method, dist, device)
-    _tell(listener, "training_started", epoch=state.next_epoch, total=epochs)
+    tell(listener, "training_started", epoch=state.next_epoch, total=epochs)
     for epoch in range(state.next_epoch, epochs):
         if state.stopped_early(cfg.train.patience):  # a run resumed after its early stop
             break
@@ -449,10 +439,10 @@ def _train(
         run_dir.update_manifest(train_seconds=round(state.train_seconds, 3),
                                 valid_seconds=round(state.valid_seconds, 3), epochs_done=epoch + 1)
         speed = _images_trained(train_loader, dist) / max(epoch_train_seconds, 1e-9)
-        _tell(listener, "epoch_ended", epoch=epoch, total=epochs,
+        tell(listener, "epoch_ended", epoch=epoch, total=epochs,
               logs={**row, "improved": improved, "images_per_s": speed})
         if state.stopped_early(cfg.train.patience):
-            _tell(listener, "stopped_early", epoch=epoch, logs={"stale": state.stale})
+            tell(listener, "stopped_early", epoch=epoch, logs={"stale": state.stale})
             break
     return state
 
