@@ -65,15 +65,19 @@ datasets = ["glas"]
 method = "cam-avg"
 label = "CAM (lr 0.1)"
 set = ["train.lr=0.1"]
+
+[[runs]]
+method = "cam-max"
+seeds = [5]
 """)
     suite = bench.load_suite(suite_file, output_dir=tmp_path / "out", data_roots={"glas": "/d/glas"},
                              extra_sets=["eval.bins=10"])
     keys = [c.key for c in suite.cells]
     assert keys == [
         "glas/cam-avg/seed-0", "glas/cam-avg/seed-3", "glas/minmax+method.u-0/seed-0", "glas/minmax+method.u-0/seed-3",
-        "glas/CAM-lr-0.1/seed-0", "glas/CAM-lr-0.1/seed-3",
+        "glas/CAM-lr-0.1/seed-0", "glas/CAM-lr-0.1/seed-3", "glas/cam-max/seed-5",
         "synthetic/cam-avg/seed-0", "synthetic/cam-avg/seed-3", "synthetic/CAM-lr-0.1/seed-0",
-        "synthetic/CAM-lr-0.1/seed-3",
+        "synthetic/CAM-lr-0.1/seed-3", "synthetic/cam-max/seed-5",
     ]
     cell = suite.cells[4]
     assert cell.run_dir == tmp_path / "out" / "glas" / "CAM-lr-0.1" / "seed-0"
@@ -83,6 +87,7 @@ set = ["train.lr=0.1"]
     assert argv[argv.index("--data-root") + 1] == "/d/glas"
     assert argv[-2:] == ["--set", 'label="CAM (lr 0.1)"']
     assert "--data-root" not in suite.cells[-1].command("py")
+    assert suite.cells[-1].seed == 5 and "--seed 5" in " ".join(suite.cells[-1].command("py"))
     assert [c.key for c in suite.cells if c.matches(["synthetic/*/seed-3"])] == [
         "synthetic/cam-avg/seed-3", "synthetic/CAM-lr-0.1/seed-3"]
     assert len([c for c in suite.cells if c.matches(["minmax"])]) == 2
@@ -119,6 +124,7 @@ def test_a_cells_command_line_is_its_options_and_resolves_to_its_config(cell, ca
         ('[suite]\ndatasets = ["a"]\n[[runs]]\nmethod = "m"\n[[runs]]\nmethod = "m"\n', "give them labels"),
         ('[suite]\ndatasets = ["a"]\nmethods = ["m"]\nprofile = "fast"\n', "Unknown profile"),
         ('[suite]\ndatasets = ["a"]\nmethods = ["m"]\nseeds = 0\n', "list of integers"),
+        ('[suite]\ndatasets = ["a"]\n[[runs]]\nmethod = "m"\nseeds = []\n', "seeds must be a non-empty list"),
     ],
 )
 def test_bad_suites_are_user_errors(tmp_path, body, message):

@@ -23,6 +23,7 @@ A suite file::
     set = ["method.u=0"]
     label = "Min-max (u=0)"            # optional: the report's row name
     datasets = ["glas"]                # optional: a subset of the suite's datasets
+    seeds = [0, 1, 2]                  # optional: its own seeds instead of the suite's
 
 Relative paths (``output_dir``, ``data_root``) are relative to the current
 directory. Settings apply in order: suite, dataset, run entry, command line.
@@ -145,7 +146,7 @@ class Suite:
 # -- reading a suite --------------------------------------------------------------
 _SUITE_KEYS = ("name", "profile", "seeds", "output_dir", "datasets", "methods", "set")
 _DATASET_KEYS = ("data_root", "set")
-_RUN_KEYS = ("method", "set", "label", "datasets")
+_RUN_KEYS = ("method", "set", "label", "datasets", "seeds")
 #: the ``[slurm]`` table's keys (see :mod:`wsolbench.runs.slurm`)
 SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
               "additional")
@@ -163,6 +164,12 @@ def _check_table(table: Any, where: str, known: Sequence[str]) -> dict[str, Any]
 def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise SuiteError(f"{where} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        raise SuiteError(f"{where} must be a non-empty list of integers, got {value!r}")
     return list(value)
 
 
@@ -187,9 +194,7 @@ def load_suite(
     profile = _string(head.get("profile", "quick"), "suite.profile")
     if profile not in PROFILES:
         raise UnknownNameError("profile", profile, PROFILES)
-    seeds = head.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SuiteError(f"suite.seeds must be a non-empty list of integers, got {seeds!r}")
+    seeds = _seeds(head.get("seeds", [0]), "suite.seeds")
     datasets = _strings(head.get("datasets"), "suite.datasets") if "datasets" in head else []
     if not datasets:
         raise SuiteError("suite.datasets must name at least one dataset")
@@ -229,6 +234,7 @@ def load_suite(
         sets = _strings(entry.get("set", []), f"{where}: set")
         label = _string(entry["label"], f"{where}: label") if "label" in entry else None
         targets = _strings(entry["datasets"], f"{where}: datasets") if "datasets" in entry else datasets
+        entry_seeds = _seeds(entry["seeds"], f"{where}: seeds") if "seeds" in entry else seeds
         for dataset in targets:
             if dataset not in datasets:
                 raise UnknownNameError(f"dataset in {where}", dataset, datasets)
@@ -239,7 +245,7 @@ def load_suite(
         for dataset in datasets:  # the suite's order, whatever the entry's
             if dataset not in targets:
                 continue
-            for seed in seeds:
+            for seed in entry_seeds:
                 suite.cells.append(
                     Cell(
                         name=dirname, method=method, dataset=dataset, seed=seed, profile=profile,
