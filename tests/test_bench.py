@@ -394,3 +394,106 @@ set = ["method.no_such_parameter=1"]
     text = " ".join(err.split())
     assert code == 2 and "2 of its 6 cells" in text and "synthetic/minmax+method.no_such_parameter-1/seed-0" in text
     assert "no_such_parameter" in text and started == []
+
+
+# -- cells that score another cell's weights (weights_from) -------------------------
+def test_weights_from_cells_score_their_sources_best_checkpoint_without_training(grid, tmp_path):
+    root, _, _ = grid
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    suite_file = write_suite(tmp_path / "s.toml", f"""
+[suite]
+seeds = [0, 1]
+datasets = ["synthetic"]
+set = {json.dumps(TINY_SETS + ["eval.pictures=3"])}
+
+[[runs]]
+method = "posthoc"
+label = "Grad-CAM++ on CAM"
+set = ["method.cam=gradcam++"]
+weights_from = "cam-avg"
+
+[[runs]]
+method = "cam-avg"
+""")
+    suite = bench.load_suite(suite_file, output_dir=out)
+    scoring = [c for c in suite.cells if c.source is not None]
+    assert [(c.key, c.source.key) for c in scoring] == [
+        ("synthetic/Grad-CAM++-on-CAM/seed-0", "synthetic/cam-avg/seed-0"),
+        ("synthetic/Grad-CAM++-on-CAM/seed-1", "synthetic/cam-avg/seed-1")]
+    argv = scoring[0].command("py")
+    assert argv[:6] == ["py", "-m", "wsolbench", "evaluate-run", str(scoring[0].source.run_dir), "--quiet"]
+    assert argv[argv.index("--method") + 1] == "posthoc" and argv[-2:] == ["--output-dir", str(scoring[0].run_dir)]
+    assert "model.backbone" not in " ".join(argv)  # the network is the source's
+    cfg = scoring[0].config()
+    assert (cfg.method, cfg.method_params["cam"], cfg.label) == ("posthoc", "gradcam++", "Grad-CAM++ on CAM")
+    assert cfg.model.backbone == scoring[0].source.config().model.backbone
+
+    started = []
+    outcomes = bench.run_suite(suite.cells, lambda c, log: started.append(c.key) or in_process(c, log), jobs=2)
+    assert [o.status for o in outcomes] == ["completed", "completed", "skipped", "skipped"]  # the file's order
+    assert sorted(started) == [c.key for c in scoring]  # the trained cells were complete: nothing trained
+    for cell in scoring:
+        results = json.loads((cell.run_dir / "results.json").read_text())
+        manifest = json.loads((cell.run_dir / "manifest.json").read_text())
+        source = json.loads((cell.source.run_dir / "results.json").read_text())
+        assert (results["method"], results["method_label"], results["seed"]) == ("posthoc", cfg.label, cell.seed)
+        assert results["cl_error"] == source["cl_error"]  # the source's classifier, unchanged
+        assert results["pxap"] != source["pxap"]  # Grad-CAM++'s maps, not CAM's
+        assert manifest["status"] == "completed" and manifest["evaluated"]["run"] == str(cell.source.run_dir)
+        assert manifest["evaluated"]["checkpoint"] == "best.pt" and not (cell.run_dir / "best.pt").exists()
+    collected = rep.collect([out]).runs
+    rows = collected[collected["label"] == cfg.label]
+    assert sorted(rows["seed"]) == [0, 1] and rows["pxap"].tolist() == [
+        json.loads((c.run_dir / "results.json").read_text())["pxap"] for c in sorted(scoring, key=lambda c: c.seed)]
+
+
+def test_weights_from_cells_wait_for_their_source_and_fail_without_it(tmp_path):
+    suite_file = write_suite(tmp_path / "s.toml", """
+[suite]
+datasets = ["synthetic"]
+[[runs]]
+method = "posthoc"
+label = "p"
+weights_from = "trained"
+[[runs]]
+method = "cam-avg"
+label = "trained"
+[[runs]]
+method = "cam-max"
+""")
+    cells = bench.load_suite(suite_file, output_dir=tmp_path / "out").cells
+    order = []
+
+    def fake(c: bench.Cell, log: Path) -> int:
+        order.append(c.name)
+        if c.name == "trained":
+            time.sleep(0.3)  # the scoring cell must wait for it, not start beside it
+            c.run_dir.mkdir(parents=True)
+            (c.run_dir / "manifest.json").write_text(json.dumps({"status": "completed"}))
+            (c.run_dir / "results.json").write_text("{}")
+        return 3 if c.name == "cam-max" else 0
+
+    outcomes = bench.run_suite(cells, fake, jobs=3)
+    assert order.index("p") > order.index("trained")
+    assert [o.cell.name for o in outcomes] == ["p", "trained", "cam-max"]
+    assert [o.status for o in outcomes] == ["failed", "completed", "failed"]  # p: the fake wrote nothing
+    shutil.rmtree(tmp_path / "out")
+    alone = bench.run_suite([cells[0]], lambda c, log: pytest.fail("ran without its source"))
+    assert alone[0].status == "failed" and "synthetic/trained/seed-0, which is not complete" in alone[0].message
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        ('[[runs]]\nmethod = "posthoc"\nweights_from = "nope"\n[[runs]]\nmethod = "cam-avg"\n', "Unknown weights_from"),
+        ('[[runs]]\nmethod = "posthoc"\nlabel = "a"\nweights_from = "b"\n'
+         '[[runs]]\nmethod = "posthoc"\nlabel = "b"\nweights_from = "c"\n[[runs]]\nmethod = "cam-avg"\nlabel = "c"\n',
+         "trains nothing itself"),
+        ('[[runs]]\nmethod = "posthoc"\nseeds = [4]\nweights_from = "cam-avg"\n[[runs]]\nmethod = "cam-avg"\n',
+         "no cell for dataset 'synthetic' and seed 4"),
+    ],
+)
+def test_bad_weights_from_is_a_user_error(tmp_path, runs, message):
+    with pytest.raises(UserError, match=message):
+        bench.load_suite(write_suite(tmp_path / "s.toml", '[suite]\ndatasets = ["synthetic"]\n' + runs))

@@ -152,6 +152,9 @@ def test_bad_settings_and_a_missing_extra_are_one_paragraph_errors(monkeypatch):
 def test_label_names_the_cam():
     cfg = config.resolve("posthoc", "synthetic", "quick", sets=["method.cam=scorecam"])
     assert method_label(cfg) == "posthoc (scorecam)"
+    run = config.resolve("cam-avg", "synthetic", "quick", sets=['label="CAM (mine)"'])
+    assert method_label(config.rebase(run, "posthoc", ["method.cam=scorecam"])) == "posthoc (scorecam)"
+    assert method_label(config.rebase(run, None, ["eval.threshold=0.4"])) == "CAM (mine)"  # same method: kept
 
 
 # -- a posthoc method on an existing run's weights -------------------------------------

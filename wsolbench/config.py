@@ -355,14 +355,16 @@ def rebase(cfg: RunConfig, method: str | None = None, sets: list[str] | None = N
     Everything the run resolved stays, its network included: backbone, pooling
     (named, since ``method``'s default pooling may differ) and their settings.
     With ``method``, the method's settings are its ``defaults``, then its
-    ``[method]`` settings of the run's profile and dataset, then ``sets``.
-    Validated as :func:`resolve` validates.
+    ``[method]`` settings of the run's profile and dataset, then ``sets``; the
+    run's ``label`` is dropped (it named the run's method). Validated as
+    :func:`resolve` validates.
     """
     layer = cfg.to_dict()
     if method is not None and registry("method").get(method).name != cfg.method:
         run_method = registry("method").resolve(cfg.method)
         layer["model"]["pooling"] = layer["model"]["pooling"] or getattr(run_method, "default_pooling", None)
         layer["method"] = {"name": method}
+        layer["label"] = None  # the run's row name named its own method
     return resolve(profile=cfg.profile, options=layer, sets=sets)
 
 

@@ -25,13 +25,27 @@ A suite file::
     datasets = ["glas"]                # optional: a subset of the suite's datasets
     seeds = [0, 1, 2]                  # optional: its own seeds instead of the suite's
 
+    [[runs]]                           # no training: another entry's trained weights, localized by this method
+    method = "posthoc"
+    set = ["method.cam=scorecam"]
+    label = "Score-CAM"
+    weights_from = "gradcam"           # that entry's label or directory name, same dataset and seed
+
 Relative paths (``output_dir``, ``data_root``) are relative to the current
 directory. Settings apply in order: suite, dataset, run entry, command line.
 
 Each cell runs in a fresh interpreter (``python -m wsolbench run ...``: a crash
 or a memory leak stays in its cell) and goes to
 ``<output_dir>/<dataset>/<name>/seed-<seed>``, where ``<name>`` is the entry's
-label, or the method's name followed by its settings. Before any cell starts,
+label, or the method's name followed by its settings. An entry with
+``weights_from`` trains nothing: each of its cells scores the best checkpoint
+of the named entry's cell of the same dataset and seed with its own method
+(``wsolbench evaluate-run SOURCE --method M --set ... --output-dir CELL``),
+after that cell is complete; its settings are only the entry's own ``set``
+and the command line's (the network and its training are the source's).
+Cluster launchers submit such a cell only once its source is complete: run
+``bench`` again after the training jobs.
+Before any cell starts,
 :func:`check_cells` resolves every cell's settings (``bench`` exits with
 status 2 and names the cells when one does not). A cell whose directory
 holds a completed run is skipped. An incomplete one (killed, interrupted,
@@ -87,6 +101,7 @@ class Cell:
     sets: tuple[str, ...] = ()
     label: str | None = None
     resume: bool = False  #: continue the incomplete run in ``run_dir`` instead of starting one
+    source: Cell | None = None  #: the cell whose trained weights this one scores (``weights_from``): no training
 
     @property
     def key(self) -> str:
@@ -108,7 +123,15 @@ class Cell:
         return options
 
     def command(self, python: str = sys.executable) -> list[str]:
-        """The ``wsolbench run`` command line of this cell's :meth:`options` (``run --resume RUN_DIR`` when ``resume``)."""
+        """The ``wsolbench run`` command line of this cell's :meth:`options` (``run --resume RUN_DIR`` when ``resume``).
+
+        A cell with a ``source``: ``wsolbench evaluate-run SOURCE --method M --set ... --output-dir RUN_DIR``.
+        """
+        if self.source is not None:
+            argv = [python, "-m", "wsolbench", "evaluate-run", str(self.source.run_dir), "--quiet",
+                    "--method", self.method]
+            return [*argv, *(arg for item in self.options()["sets"] for arg in ("--set", item)),
+                    "--output-dir", str(self.run_dir)]
         argv = [python, "-m", "wsolbench", "run", "--quiet"]
         if self.resume:
             return [*argv, "--resume", str(self.run_dir)]
@@ -123,6 +146,8 @@ class Cell:
         """The :class:`~wsolbench.config.RunConfig` that the cell's command line resolves to."""
 
         options = self.options()
+        if self.source is not None:
+            return config.rebase(self.source.config(), self.method, options["sets"])
         method, dataset, profile, sets = (options.pop(key) for key in ("method", "dataset", "profile", "sets"))
         return config.resolve(method, dataset, profile, options=options, sets=sets)
 
@@ -146,7 +171,7 @@ class Suite:
 # -- reading a suite --------------------------------------------------------------
 _SUITE_KEYS = ("name", "profile", "seeds", "output_dir", "datasets", "methods", "set")
 _DATASET_KEYS = ("data_root", "set")
-_RUN_KEYS = ("method", "set", "label", "datasets", "seeds")
+_RUN_KEYS = ("method", "set", "label", "datasets", "seeds", "weights_from")
 #: the ``[slurm]`` table's keys (see :mod:`wsolbench.runs.slurm`)
 SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
               "additional")
@@ -228,6 +253,8 @@ def load_suite(
     suite = Suite(name, path, profile, list(seeds), out, datasets, slurm=_check_table(doc.get("slurm", {}), "[slurm]",
                                                                                      SLURM_KEYS))
     seen: dict[str, str] = {}
+    by_name: dict[str, str] = {}  # label or directory name -> directory name
+    sourced: list[tuple[str, str, str]] = []  # (where, directory name, weights_from)
     for i, entry in enumerate(entries):
         where = f"entry {i + 1} ({entry['method']})"
         method = _string(entry["method"], f"{where}: method")
@@ -242,19 +269,52 @@ def load_suite(
         if dirname in seen:
             raise SuiteError(f"{where} and {seen[dirname]} share the directory name {dirname!r}: give them labels")
         seen[dirname] = where
+        by_name.update({dirname: dirname, **({label: dirname} if label else {})})
+        weights_from = _string(entry["weights_from"], f"{where}: weights_from") if "weights_from" in entry else None
+        if weights_from is not None:
+            sourced.append((where, dirname, weights_from))
         for dataset in datasets:  # the suite's order, whatever the entry's
             if dataset not in targets:
                 continue
+            inherited = [] if weights_from is not None else suite_sets + dataset_sets[dataset]
             for seed in entry_seeds:
                 suite.cells.append(
                     Cell(
                         name=dirname, method=method, dataset=dataset, seed=seed, profile=profile,
                         run_dir=out / rundir.slug(dataset) / dirname / f"seed-{seed}", data_root=roots[dataset],
-                        sets=tuple(suite_sets + dataset_sets[dataset] + sets + list(extra_sets)), label=label,
+                        sets=tuple(inherited + sets + list(extra_sets)), label=label,
                     )
                 )
+    suite.cells = _link_sources(suite.cells, sourced, by_name)
     suite.cells.sort(key=lambda c: datasets.index(c.dataset))
     return suite
+
+
+def _link_sources(cells: list[Cell], sourced: list[tuple[str, str, str]], by_name: dict[str, str]) -> list[Cell]:
+    """The cells with each ``weights_from`` entry's cells given their source: the named entry's cell of the same
+    dataset and seed (which must exist and train)."""
+    if not sourced:
+        return cells
+    trained = {(c.name, c.dataset, c.seed): c for c in cells}
+    wanted = {}
+    for where, dirname, name in sourced:
+        if name not in by_name:
+            raise UnknownNameError(f"weights_from of {where}", name, sorted(by_name))
+        if by_name[name] in {d for _, d, _ in sourced}:
+            raise SuiteError(f"{where}: weights_from names {name!r}, an entry that trains nothing itself")
+        wanted[dirname] = by_name[name]
+    linked = []
+    for cell in cells:
+        if cell.name in wanted:
+            source = trained.get((wanted[cell.name], cell.dataset, cell.seed))
+            if source is None:
+                raise SuiteError(
+                    f"{cell.key} takes its weights from {wanted[cell.name]!r}, which has no cell for dataset "
+                    f"{cell.dataset!r} and seed {cell.seed}: give both entries the same datasets and seeds"
+                )
+            cell = dataclasses.replace(cell, source=source)
+        linked.append(cell)
+    return linked
 
 
 def check_cells(cells: Sequence[Cell]) -> None:
@@ -379,11 +439,15 @@ def prepare_cell(cell: Cell) -> Outcome | Cell:
     """What to do with a cell: its outcome if it must not run (complete, or being written), else the cell to launch.
 
     An incomplete run that :func:`can_resume` is launched with ``resume``; any
-    other incomplete run is set aside first.
+    other incomplete run is set aside first. A cell whose ``source`` is not
+    complete fails without running.
     """
     now = state(cell)
     if now == "complete":
         return Outcome(cell, "skipped", message="already complete")
+    if cell.source is not None and not rundir.is_complete(cell.source.run_dir):
+        return Outcome(cell, "failed", message=f"its weights come from {cell.source.key}, which is not complete "
+                                               f"(run that cell first: --only '{cell.source.key}')")
     if now == "running":
         return Outcome(cell, "busy", message=f"being written by {rundir.lock_holder(cell.run_dir)}")
     if now == "incomplete":
@@ -416,15 +480,28 @@ def run_suite(
 ) -> list[Outcome]:
     """Run every cell, ``jobs`` at a time, past failures; returns one outcome per cell, in the cells' order.
 
-    The callbacks are never called concurrently; with ``jobs > 1`` another
-    cell's ``on_start`` may come between a cell's ``on_start`` and ``on_done``.
+    Cells that score another cell's weights (``source``) start after every
+    cell that trains, each once its source has ended. The callbacks are never
+    called concurrently; with ``jobs > 1`` another cell's ``on_start`` may come
+    between a cell's ``on_start`` and ``on_done``.
     """
     if jobs < 1:
         raise UserError(f"jobs must be at least 1, got {jobs}")
-    cells = list(cells)
+    given = list(cells)
+    order = sorted(range(len(given)), key=lambda i: given[i].source is not None)  # stable: training cells first
+    cells = [given[i] for i in order]
     lock = threading.Lock()
+    ended = {cell.key: threading.Event() for cell in cells}
 
     def one(i: int, cell: Cell) -> Outcome:
+        if cell.source is not None and cell.source.key in ended:
+            ended[cell.source.key].wait()  # started before this cell (training cells come first): no deadlock
+        try:
+            return _one(i, cell)
+        finally:
+            ended[cell.key].set()
+
+    def _one(i: int, cell: Cell) -> Outcome:
         with lock:
             if on_start is not None:
                 on_start(i, len(cells), cell)
@@ -435,9 +512,12 @@ def run_suite(
         return outcome
 
     if jobs == 1:
-        return [one(i, cell) for i, cell in enumerate(cells)]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bench-cell") as pool:
-        return list(pool.map(one, range(len(cells)), cells))
+        outcomes = [one(i, cell) for i, cell in enumerate(cells)]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bench-cell") as pool:
+            outcomes = list(pool.map(one, range(len(cells)), cells))
+    by_position = dict(zip(order, outcomes))
+    return [by_position[i] for i in range(len(given))]
 
 
 def threads_per_job(jobs: int) -> int:

@@ -5,7 +5,11 @@ The run's dataset and method are rebuilt from its ``config.json``, its
 scored its test split at the end. Started by torchrun, the processes share the
 split and give the numbers of one process (see :mod:`wsolbench.training.distributed`).
 With an output folder, ``results.json``, ``per_image.csv``,
-``histograms.npz`` and the pictures are written there.
+``histograms.npz`` and the pictures are written there, with the
+``config.json`` of the scoring and a ``manifest.json`` (code, runtime, data,
+``evaluated``: the run and checkpoint scored; status ``completed`` at the
+end, ``failed`` with the error otherwise): a run directory that ``wsolbench
+report`` reads as a row.
 
 ``method`` loads the weights into another method that shares the run's
 network (a post-hoc map of a CAM run: ``--method posthoc --set
@@ -16,15 +20,18 @@ that do not fit the other method's network are refused with the reason.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wsolbench.assembly import build_dataset, build_method, provenance
+from wsolbench.assembly import build_dataset, build_method, method_label, provenance
 from wsolbench.config import rebase
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import rundir
+from wsolbench.runs.provenance import data_fingerprint
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.outputs import results_record, write_outputs
 from wsolbench.training import distributed
@@ -77,14 +84,37 @@ def evaluate_checkpoint(
         epoch = dist.broadcast(epoch)
         dist.broadcast_module(model)
         precision = Precision.choose(dev, cfg.train.amp)
-        scored, extras, scored_how = score_split(model, dataset, split, cfg, precision, dist,
-                                                 listener if dist.is_main else None)
-        results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), **scored_how,
-                                 run=str(run.path), checkpoint=file.name, epoch=epoch, split=split)
-        target = None
-        if out is not None:
-            if dist.is_main:
-                out.mkdir(parents=True, exist_ok=True)
-            target = RunDir(out, read_only=not dist.is_main)
-        write_outputs(target, scored, extras, results)
+        evaluated = {"run": str(run.path), "checkpoint": file.name, "epoch": epoch, "split": split}
+        target = _output_dir(out, cfg, dataset, dev, evaluated, dist.is_main) if out is not None else None
+        try:
+            t0 = time.perf_counter()
+            scored, extras, scored_how = score_split(model, dataset, split, cfg, precision, dist,
+                                                     listener if dist.is_main else None)
+            results = results_record(cfg, scored.metrics, provided_by=provenance(cfg), **scored_how, **evaluated)
+            write_outputs(target, scored, extras, results)
+        except BaseException as exc:
+            if target is not None:
+                with contextlib.suppress(Exception):
+                    target.update_manifest(status="failed", finished=rundir.now(), error=f"{type(exc).__name__}: {exc}")
+                target.release()
+            raise
+        if target is not None:
+            target.update_manifest(status="completed", finished=rundir.now(),
+                                   eval_seconds=round(time.perf_counter() - t0, 3),
+                                   peak_memory_mb=rundir.peak_memory_mb(dev))
+            target.release()
     return results
+
+
+def _output_dir(out: Path, cfg: Any, dataset: Any, device: Any, evaluated: dict[str, Any], main: bool) -> RunDir:
+    """The output folder as a run directory (locked, with its configuration and a running manifest); read-only
+    on the processes other than the first."""
+    target = RunDir(out, read_only=not main)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        target.acquire()
+        config_dict = cfg.to_dict()
+        target.write_config(config_dict)
+        manifest = rundir.new_manifest(config_dict, device, data=data_fingerprint(dataset))
+        target.write_manifest({**manifest, "method_label": method_label(cfg), "evaluated": evaluated})
+    return target
