@@ -344,3 +344,22 @@ def test_no_validation_split_to_choose_on_exits_2(tmp_path, splits, capsys, args
     assert evaluate_cli(["--scoremaps", maps, "--valid-scoremaps", maps, *args]) == 2
     err = capsys.readouterr().err
     assert "--valid-scoremaps" in err and "Traceback" not in err
+
+
+def test_validation_maps_in_wsolevaluations_layout_score_as_in_ours(tmp_path, splits):
+    cfg = config.resolve(None, "synthetic", sets=[*VALID_SETS, "eval.protocol=wsoleval"])
+    root = tmp_path / "scoremap_root"  # wsolevaluation's: <split>/<image file>.npy, 224 x 224, both splits in one root
+    for name, folder, seed in (("valid", "val", 2), ("test", "test", 3)):
+        maps = blob_maps(tmp_path / name, splits[name], seed=seed, sharpness=3.0 if name == "valid" else 1.0)
+        for image_id, m in zip(splits[name].ids, maps):
+            big = np.ascontiguousarray(np.kron(m, np.ones((10, 10), np.float32))[:224, :224])
+            np.save(tmp_path / name / f"{image_id}.npy", big)
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            np.save(root / folder / f"{image_id}.jpg.npy", big)
+    ours = scoremaps.evaluate_directory(tmp_path / "test", cfg, valid_directory=tmp_path / "valid").finish()
+    theirs = scoremaps.evaluate_directory(root, cfg, valid_directory=root)
+    assert theirs.unmatched == []  # the other split's files are no strays
+    results = theirs.finish()
+    assert results["thresholds_from"] == "valid" and results["box_threshold_val"] is not None
+    keys = [k for k in ours if k.endswith(("_at_val", "_val")) or k.startswith("box_threshold_val")]
+    assert len(keys) >= 12 and {k: results[k] for k in keys} == {k: ours[k] for k in keys}

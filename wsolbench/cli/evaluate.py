@@ -17,8 +17,9 @@ from wsolbench.cli.run import print_results
 @click.option("--scoremaps", "scoremaps_dir", required=True, type=click.Path(),
               help="Folder of <image id>.npy maps (or wsolevaluation's <image file>.npy), float in [0, 1].")
 @click.option("--valid-scoremaps", "valid_dir", type=click.Path(), default=None,
-              help="Folder of the validation split's maps, named and checked alike: their best thresholds score "
-                   "--scoremaps (the \"(val thr.)\" metrics and Top-1 Loc, as a run's).")
+              help="Folder of the validation split's maps, named and checked alike (wsolevaluation's root, with "
+                   "val/ and test/, may be both folders): their best thresholds score --scoremaps (the \"(val "
+                   "thr.)\" metrics and Top-1 Loc, as a run's).")
 @click.option("--dataset", "-d", required=True, help="Dataset name (see `wsolbench list datasets`).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Folder holding the dataset.")
 @click.option("--split", default="test", show_default=True, help="The split the maps are for.")

@@ -343,4 +343,7 @@ def evaluate_directory(
         **({} if valid is None else {"valid_scoremaps": str(folders[0].resolve())}),
         cl_error=100.0 * wrong / len(ids) if preds and ids else None,
     )
-    return ScoreMapEvaluation(results, Evaluation(metrics, rows, acc), extras, scored.unmatched)
+    unmatched = scored.unmatched
+    if valid is not None and folders[0].resolve() == directory.resolve():  # wsolevaluation's root: val/ and test/
+        unmatched = [name for name in unmatched if name in valid.unmatched]
+    return ScoreMapEvaluation(results, Evaluation(metrics, rows, acc), extras, unmatched)
