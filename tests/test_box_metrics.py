@@ -1,11 +1,11 @@
-"""Box metrics against wsolevaluation's arithmetic, written again here with OpenCV, and hand-made cases."""
+"""Box metrics against wsolevaluation's arithmetic (written again with OpenCV in box_reference), and hand-made cases."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from box_reference import reference_best_ious
 from sklearn.metrics import average_precision_score
 
 from wsolbench.config import EvalConfig
@@ -20,42 +20,14 @@ from wsolbench.scoring.metrics import (
 from wsolbench.scoring.scorer import pixel_accumulator
 
 
-# -- the reference's arithmetic, one image and one threshold at a time ---------------
-def reference_boxes(scoremap: np.ndarray, thresholds: np.ndarray, every_contour: bool) -> list[list[list[int]]]:
-    height, width = scoremap.shape
-    image = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
-    found = []
-    for t in thresholds:
-        _, binary = cv2.threshold(image, thresh=int(t * np.max(image)), maxval=255, type=cv2.THRESH_BINARY)
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        if len(contours) == 0:
-            found.append([[0, 0, 0, 0]])
-            continue
-        if not every_contour:
-            contours = [max(contours, key=cv2.contourArea)]
-        boxes = []
-        for contour in contours:
-            x, y, w, h = cv2.boundingRect(contour)
-            boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-        found.append(boxes)
-    return found
-
-
-def reference_iou(a: list[int], b: list[int]) -> float:
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1) * max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-    union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
-    return 0.0 if union <= 0 else inter / union
-
-
 def reference_metrics(maps: list[np.ndarray], true_boxes: list[list[list[int]]], interval: float) -> dict:
     thresholds = np.arange(0, 1, interval)
     correct = {(every, iou): np.zeros(len(thresholds)) for every in (False, True) for iou in (30, 50, 70)}
     for scoremap, truth in zip(maps, true_boxes):
         for every in (False, True):
-            per_threshold = [max(reference_iou(p, t) for p in boxes for t in truth)
-                             for boxes in reference_boxes(scoremap, thresholds, every)]
+            per_threshold = reference_best_ious(scoremap, truth, thresholds, every)
             for iou in (30, 50, 70):
-                correct[every, iou][np.asarray(per_threshold) >= iou / 100] += 1
+                correct[every, iou][per_threshold >= iou / 100] += 1
     acc = {key: value * 100.0 / float(len(maps)) for key, value in correct.items()}
     out = {"maxboxacc": acc[False, 50].max(), "box_threshold": thresholds[acc[False, 50].argmax()]}
     for iou in (30, 50, 70):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+from box_reference import reference_best_ious
 from sklearn.metrics import average_precision_score
 
 from wsolbench import config
@@ -188,3 +190,176 @@ def test_evaluate_scores_the_whole_split_by_default(tmp_path):
         assert exc.code in (0, None)
     results = json.loads((tmp_path / "runs" / "all" / "results.json").read_text())
     assert results["n_images"] == len(test) == 100 and results["profile"] == "paper"
+
+
+# -- thresholds chosen on validation maps (the CVPR 2020 protocol) ----------------------
+VALID_SETS = [*SETS, "dataset.n_valid=6"]
+THRESHOLDS = np.arange(0, 1, 0.01)  # eval.cam_curve_interval's grid
+
+
+@pytest.fixture
+def splits():
+    dataset = registry("dataset").create("synthetic", seed=0, image_size=24, n_test=6, n_valid=6)
+    return {name: dataset.split(name, train=False) for name in ("valid", "test")}
+
+
+def blob_maps(folder, split, seed, sharpness):
+    """Each object a blob around its mask, over noise: the sharper, the higher its best box threshold."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    maps = []
+    for index, image_id in enumerate(split.ids):
+        mask = split[index]["mask"][0].numpy().astype(np.float64)
+        y, x = np.mgrid[-3:4, -3:4]
+        kernel = np.exp(-(x**2 + y**2) / (2.0 * (3.0 / sharpness) ** 2))
+        padded = np.pad(mask, 3)
+        blurred = sum(kernel[i, j] * padded[i:i + mask.shape[0], j:j + mask.shape[1]]
+                      for i in range(7) for j in range(7)) / kernel.sum()
+        m = np.clip(0.8 * blurred + 0.3 * rng.random(mask.shape), 0, 1).astype(np.float32)
+        np.save(folder / f"{image_id}.npy", m)
+        maps.append(m)
+    return maps
+
+
+def best_ious(maps, split, every_contour):
+    """``(images, thresholds)``: each image's best box IoU at each threshold, by the OpenCV reference."""
+    return np.stack([reference_best_ious(m, split[i]["boxes"].tolist(), THRESHOLDS, every_contour)
+                     for i, m in enumerate(maps)])
+
+
+def first_best(correct):
+    """The chosen-threshold rule, spelled out: the lowest threshold with the most correct images."""
+    counts = correct.sum(0)
+    return next(t for t in range(len(counts)) if counts[t] == counts.max())
+
+
+def slow_iou(pred, truth):
+    union = (pred | truth).sum()
+    return 1.0 if union == 0 else (pred & truth).sum() / union
+
+
+def pooled(maps, split):
+    values = np.concatenate([m.ravel() for m in maps])
+    truth = np.concatenate([split[i]["mask"][0].numpy().ravel() >= 0.5 for i in range(len(maps))])
+    return np.floor(values * 1000) / 1000, truth  # eval.bins = 1000: each value's threshold
+
+
+def evaluate_cli(args):
+    try:
+        main(["evaluate", "-d", "synthetic", *[a for s in VALID_SETS for a in ("--set", s)], *args])
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_validation_maps_choose_the_thresholds_of_the_test_maps(tmp_path, splits):
+    valid_maps = blob_maps(tmp_path / "valid", splits["valid"], seed=2, sharpness=3.0)
+    test_maps = blob_maps(tmp_path / "test", splits["test"], seed=3, sharpness=1.0)
+    labels = [int(splits["test"][i]["label"]) for i in range(6)]
+    preds = [1 - labels[0], *labels[1:]]
+    (tmp_path / "preds.csv").write_text("id,pred\n" + "".join(f"{i},{p}\n" for i, p in zip(splits["test"].ids, preds)))
+    code = evaluate_cli(["--scoremaps", str(tmp_path / "test"), "--valid-scoremaps", str(tmp_path / "valid"),
+                         "--predictions", str(tmp_path / "preds.csv"), "-o", str(tmp_path / "runs"),
+                         "--run-name", "r"])
+    assert code == 0
+    results = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
+    assert results["thresholds_from"] == "valid" and results["valid_scoremaps"] == str((tmp_path / "valid").resolve())
+
+    valid_largest = best_ious(valid_maps, splits["valid"], False)
+    test_largest = best_ious(test_maps, splits["test"], False)
+    box = first_best(valid_largest >= 0.5)
+    hit = test_largest[:, box] >= 0.5
+    assert results["box_threshold_val"] == pytest.approx(THRESHOLDS[box])
+    assert results["boxacc_at_val"] == pytest.approx(100 * hit.mean())
+    assert results["gt_known_loc"] == pytest.approx(100 * hit.mean())
+    assert results["top1_loc"] == pytest.approx(100 * np.mean(hit & (np.asarray(preds) == labels)))
+    valid_any, test_any = best_ious(valid_maps, splits["valid"], True), best_ious(test_maps, splits["test"], True)
+    per_iou = []
+    for iou in (30, 50, 70):
+        at = first_best(valid_any >= iou / 100)
+        per_iou.append(100 * np.mean(test_any[:, at] >= iou / 100))
+        assert results[f"box_threshold_val_{iou}"] == pytest.approx(THRESHOLDS[at])
+        assert results[f"boxacc_{iou}_at_val"] == pytest.approx(per_iou[-1])
+    assert results["boxaccv2_at_val"] == pytest.approx(np.mean(per_iou))
+    rows = pd.read_csv(tmp_path / "runs" / "r" / "per_image.csv", dtype={"id": str})
+    assert list(rows["box_iou"]) == pytest.approx(100 * test_largest[:, box], abs=1e-4)
+
+    valid_values, valid_truth = pooled(valid_maps, splits["valid"])
+    candidates = np.unique(valid_values)[::-1]  # high to low: ties go to the higher threshold
+    threshold = candidates[int(np.argmax([slow_dice(valid_values >= t, valid_truth) for t in candidates]))]
+    test_values, test_truth = pooled(test_maps, splits["test"])
+    assert results["threshold_val"] == pytest.approx(threshold)
+    assert results["dice_at_val"] == pytest.approx(100 * slow_dice(test_values >= threshold, test_truth))
+    assert results["iou_at_val"] == pytest.approx(100 * slow_iou(test_values >= threshold, test_truth))
+
+
+def test_the_reported_numbers_follow_the_validation_thresholds_not_the_test_optimal_ones(tmp_path, splits):
+    blob_maps(tmp_path / "valid", splits["valid"], seed=2, sharpness=3.0)
+    test_maps = blob_maps(tmp_path / "test", splits["test"], seed=3, sharpness=1.0)
+    cfg = config.resolve(None, "synthetic", sets=VALID_SETS)
+    own = scoremaps.evaluate_directory(tmp_path / "test", cfg).finish()
+    chosen = scoremaps.evaluate_directory(tmp_path / "test", cfg, valid_directory=tmp_path / "valid").finish()
+    assert own["thresholds_from"] == "test" and own["boxacc_at_val"] is None and own["threshold_val"] is None
+    for name in ("maxboxacc", "maxboxaccv2", "box_threshold", "pxap", "dice_best", "threshold_best", "f1_pos"):
+        assert chosen[name] == own[name], name  # the test-optimal metrics do not depend on the validation maps
+    assert chosen["box_threshold_val"] != own["box_threshold"]  # the maps are made to disagree
+    assert chosen["threshold_val"] != own["threshold_best"]
+    largest = best_ious(test_maps, splits["test"], False)
+    for results, threshold in ((own, own["box_threshold"]), (chosen, chosen["box_threshold_val"])):
+        at = int(np.argmin(np.abs(THRESHOLDS - threshold)))
+        assert results["gt_known_loc"] == pytest.approx(100 * np.mean(largest[:, at] >= 0.5))
+    assert chosen["boxacc_at_val"] < own["maxboxacc"] and chosen["dice_at_val"] < own["dice_best"]
+
+
+def test_a_bad_validation_folder_is_reported_with_the_test_folder_and_exits_2(tmp_path, splits, capsys):
+    blob_maps(tmp_path / "valid", splits["valid"], seed=2, sharpness=3.0)
+    blob_maps(tmp_path / "test", splits["test"], seed=3, sharpness=1.0)
+    valid_ids, test_ids = splits["valid"].ids, splits["test"].ids
+    np.save(tmp_path / "valid" / f"{valid_ids[1]}.npy", np.full((24, 24), np.nan, np.float32))
+    (tmp_path / "valid" / f"{valid_ids[4]}.npy").unlink()
+    cfg = config.resolve(None, "synthetic", sets=VALID_SETS)
+    with pytest.raises(scoremaps.ScoreMapError) as caught:
+        scoremaps.evaluate_directory(tmp_path / "test", cfg, valid_directory=tmp_path / "valid")
+    assert str(caught.value).startswith(f"2 problems with the validation maps in {tmp_path / 'valid'}: ")
+    assert [(p.file, p.problem) for p in caught.value.problems] == [
+        (f"{valid_ids[1]}.npy", "576 NaN values"), (f"{valid_ids[4]}.npy", "missing")]
+
+    np.save(tmp_path / "test" / f"{test_ids[0]}.npy", np.zeros((24, 24), np.int64))
+    with pytest.raises(scoremaps.ScoreMapError) as caught:
+        scoremaps.evaluate_directory(tmp_path / "test", cfg, valid_directory=tmp_path / "valid")
+    assert [what for what, _ in caught.value.groups] == [f"the validation maps in {tmp_path / 'valid'}",
+                                                           f"the score maps in {tmp_path / 'test'}"]
+    capsys.readouterr()
+    assert evaluate_cli(["--scoremaps", str(tmp_path / "test"), "--valid-scoremaps", str(tmp_path / "valid")]) == 2
+    err = capsys.readouterr().err
+    assert "validation maps" in err and f"{valid_ids[4]}.npy" in err and f"{test_ids[0]}.npy" in err
+    assert "3 problem(s); nothing was scored" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--split", "valid"], ["--set", "dataset.n_valid=0"]])
+def test_no_validation_split_to_choose_on_exits_2(tmp_path, splits, capsys, args):
+    blob_maps(tmp_path / "maps", splits["valid"], seed=2, sharpness=3.0)
+    capsys.readouterr()
+    maps = str(tmp_path / "maps")
+    assert evaluate_cli(["--scoremaps", maps, "--valid-scoremaps", maps, *args]) == 2
+    err = capsys.readouterr().err
+    assert "--valid-scoremaps" in err and "Traceback" not in err
+
+
+def test_validation_maps_in_wsolevaluations_layout_score_as_in_ours(tmp_path, splits):
+    cfg = config.resolve(None, "synthetic", sets=[*VALID_SETS, "eval.protocol=wsoleval"])
+    root = tmp_path / "scoremap_root"  # wsolevaluation's: <split>/<image file>.npy, 224 x 224, both splits in one root
+    for name, folder, seed in (("valid", "val", 2), ("test", "test", 3)):
+        maps = blob_maps(tmp_path / name, splits[name], seed=seed, sharpness=3.0 if name == "valid" else 1.0)
+        for image_id, m in zip(splits[name].ids, maps):
+            big = np.ascontiguousarray(np.kron(m, np.ones((10, 10), np.float32))[:224, :224])
+            np.save(tmp_path / name / f"{image_id}.npy", big)
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            np.save(root / folder / f"{image_id}.jpg.npy", big)
+    ours = scoremaps.evaluate_directory(tmp_path / "test", cfg, valid_directory=tmp_path / "valid").finish()
+    theirs = scoremaps.evaluate_directory(root, cfg, valid_directory=root)
+    assert theirs.unmatched == []  # the other split's files are no strays
+    results = theirs.finish()
+    assert results["thresholds_from"] == "valid" and results["box_threshold_val"] is not None
+    keys = [k for k in ours if k.endswith(("_at_val", "_val")) or k.startswith("box_threshold_val")]
+    assert len(keys) >= 12 and {k: results[k] for k in keys} == {k: ours[k] for k in keys}

@@ -46,7 +46,8 @@ resolution; foreground is ``mask >= 0.5``.
 ``boxacc_at_val`` / ``boxaccv2_at_val`` / ``boxacc_30|50|70_at_val`` / ``box_threshold_val*`` (the CVPR 2020 protocol)
     The same boxes and IoUs at thresholds chosen on the validation split
     (:class:`ChosenThresholds`): a run scores the validation split's maps once
-    with the kept model, takes the threshold of ``maxboxacc`` there
+    with the kept model (``evaluate --scoremaps`` the maps of
+    ``--valid-scoremaps``), takes the threshold of ``maxboxacc`` there
     (``box_threshold_val``) and of each ``boxacc_30|50|70``
     (``box_threshold_val_30|50|70``), and applies them to the test maps.
     ``boxaccv2_at_val`` is the mean of the three. Never larger than their
@@ -59,8 +60,8 @@ resolution; foreground is ``mask >= 0.5``.
     ``maxboxacc`` (``box_threshold_val``), IoU ``>= 0.5``; with the true class
     first among the predictions (top-1), among the first five (top-5), or
     whatever the prediction (GT-known). Where no validation split was scored
-    (``evaluate --scoremaps``), the scored split's own threshold of
-    ``maxboxacc`` is used and ``results.json``'s ``protocol`` says so.
+    (``evaluate --scoremaps`` without ``--valid-scoremaps``), the scored split's
+    own threshold of ``maxboxacc`` is used and ``results.json``'s ``protocol`` says so.
     ``eval.map_class`` says whose class map is drawn for every metric:
     ``ground_truth`` is the GT-known setting of wsolevaluation.
 """

@@ -18,11 +18,17 @@ reported together, per file, and nothing is scored while any remains.
 Class predictions are optional: a CSV with ``id`` and ``pred`` columns (class
 indices; a run's ``per_image.csv`` qualifies) gives the classification error;
 without one it is ``null``.
+
+Maps of the dataset's validation split (another folder, same contract) give
+the thresholds of the CVPR 2020 protocol: they are checked and scored first
+by the same :func:`score_folder`, and their best thresholds
+(:meth:`ChosenThresholds.choose`, as a run chooses them) give the scored
+split's ``*_at_val`` metrics and ``top*_loc``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from wsolbench.assembly import build_dataset, split_ids
 from wsolbench.config import RunConfig
@@ -38,7 +45,7 @@ from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.runs import rundir
 from wsolbench.runs.rundir import RunDir
 from wsolbench.scoring.extras import TestExtras
-from wsolbench.scoring.metrics import WSOLEVAL_SIZE
+from wsolbench.scoring.metrics import WSOLEVAL_SIZE, ChosenThresholds
 from wsolbench.scoring.outputs import Evaluation, results_record, write_outputs
 from wsolbench.scoring.scorer import Scorer, box_columns, split_metrics
 
@@ -91,15 +98,18 @@ class Problem:
 
 
 class ScoreMapError(UserError):
-    """Score maps (or predictions) that break the contract; ``problems`` lists them per file."""
+    """Score maps (or predictions) that break the contract: ``groups`` lists them per folder (``(what, its
+    problems)``, ``what`` naming the folder: "the score maps in DIR"), ``problems`` all of them."""
 
-    def __init__(self, problems: list[Problem], directory: str | Path):
-        self.problems = problems
-        super().__init__(
-            f"{len(problems)} problem{'s' * (len(problems) > 1)} with the score maps in {directory}: "
+    def __init__(self, groups: list[tuple[str, list[Problem]]]):
+        self.groups = [(what, problems) for what, problems in groups if problems]
+        self.problems = [p for _, problems in self.groups for p in problems]
+        super().__init__("; ".join(
+            f"{len(problems)} problem{'s' * (len(problems) > 1)} with {what}: "
             + "; ".join(f"{p.file}: {p.problem}" for p in problems[:5])
             + (" ..." if len(problems) > 5 else "")
-        )
+            for what, problems in self.groups
+        ))
 
 
 def _shape_text(shapes: Sequence[tuple[int, ...]]) -> str:
@@ -184,6 +194,8 @@ def write_run(evaluation: ScoreMapEvaluation, cfg: RunConfig, output_dir: str | 
     run_dir = RunDir.create(output_dir, name)
     config = cfg.to_dict()
     config["method"] = {"name": "external", "scoremaps": evaluation.results["scoremaps"]}
+    if "valid_scoremaps" in evaluation.results:
+        config["method"]["valid_scoremaps"] = evaluation.results["valid_scoremaps"]
     run_dir.write_config(config)
     manifest = rundir.new_manifest(config, "cpu", argv)
     manifest["method_label"] = evaluation.results["method_label"]
@@ -199,39 +211,28 @@ def write_run(evaluation: ScoreMapEvaluation, cfg: RunConfig, output_dir: str | 
     return run_dir.path
 
 
-def evaluate_directory(
-    directory: str | Path,
-    cfg: RunConfig,
-    split_name: str = "test",
-    predictions: str | Path | None = None,
-    label: str | None = None,
-) -> ScoreMapEvaluation:
-    """Validate every map of ``directory`` against ``cfg``'s dataset split, then score them.
+@dataclass
+class FolderScores:
+    """One folder's maps checked against a split and, while no problem is found, scored."""
 
-    Raises :class:`ScoreMapError` listing every problem. ``cfg.eval.crf`` and
-    ``cfg.eval.pictures`` work as in a run once :meth:`ScoreMapEvaluation.finish`
-    (or :func:`write_run`) is called.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"score map folder {directory} does not exist")
-    dataset = build_dataset(cfg)
-    if split_name not in dataset.split_names:
-        raise UnknownNameError("split", split_name, dataset.split_names)
-    split = dataset.split(split_name, train=False)
-    ids = split_ids(split)
-    problems: list[Problem] = []
-    preds: dict[str, int] = {}
-    if predictions is not None:
-        preds, problems = read_predictions(predictions, ids, dataset.num_classes)
+    problems: list[Problem]
+    unmatched: list[str]  #: .npy files that are no image of the split
+    scorer: Scorer
+    rows: list[dict[str, Any]]  #: per image: id, label, f1_pos, f1_neg
 
-    matched, problems_of_names, unmatched = match_files(directory, ids)
-    problems += problems_of_names
-    ambiguous = {p.file[: -len(".npy")] for p in problems_of_names}
+
+def score_folder(
+    directory: Path, cfg: RunConfig, split: Any, ids: Sequence[str],
+    on_map: Callable[[int, Tensor, Tensor], None] | None = None, score: bool = True,
+) -> FolderScores:
+    """Check every map of ``directory`` against ``split``'s images; score them in order until a problem is found
+    (with ``score=False``, as when another file already has one: check only). ``on_map(index, map, mask)``
+    sees each scored map at its mask's size."""
+    matched, problems, unmatched = match_files(directory, ids)
+    ambiguous = {p.file[: -len(".npy")] for p in problems}
     scorer = Scorer(cfg.eval)
     wsoleval = cfg.eval.protocol == "wsoleval"
-    extras = TestExtras(cfg, dataset, split, ids)
-    rows, wrong = [], 0
+    rows = []
     for index, image_id in enumerate(ids):
         item = split[index]
         mask = item["mask"].reshape(item["mask"].shape[-2:])
@@ -243,7 +244,7 @@ def evaluate_directory(
         array, problem = check_map(directory / file, shapes)
         if problem is not None:
             problems.append(Problem(file, problem))
-        if problems:  # keep checking the other files, score nothing
+        if problems or not score:  # keep checking the other files, score nothing
             continue
         given = torch.from_numpy(array)
         prob = given
@@ -252,26 +253,97 @@ def evaluate_directory(
             prob = prob.clamp(0, 1)
         scored = scorer.update((given if wsoleval else prob)[None], mask[None], [item.get("boxes")],
                                [item.get("ignore")])
-        pos, neg = scored["f1_pos"][0], scored["f1_neg"][0]
-        extras.update(index, prob, mask)
-        row = {"id": image_id, "label": int(item["label"])}
-        if preds:
-            row["pred"] = preds[image_id]
-            wrong += int(preds[image_id] != row["label"])
-        rows.append({**row, "f1_pos": round(float(pos), 4), "f1_neg": round(float(neg), 4)})
-    if problems:
-        raise ScoreMapError(problems, directory)
+        if on_map is not None:
+            on_map(index, prob, mask)
+        rows.append({"id": image_id, "label": int(item["label"]), "f1_pos": round(float(scored["f1_pos"][0]), 4),
+                     "f1_neg": round(float(scored["f1_neg"][0]), 4)})
+    return FolderScores(problems, unmatched, scorer, rows)
 
-    scores = scorer.per_image()
+
+def valid_split(dataset: Any, split_name: str, name: str) -> Any:
+    """The validation split whose maps choose the thresholds for ``split_name``'s; a :class:`UserError` when
+    there is none to choose them on."""
+    if split_name == "valid":
+        raise UserError("--valid-scoremaps chooses the thresholds of another split's maps on the validation "
+                        "split's; the scored split is the validation split itself (its own thresholds are "
+                        "used): leave out --valid-scoremaps or score --split test")
+    split = dataset.split("valid", train=False) if "valid" in dataset.split_names else None
+    if split is None or len(split) == 0:
+        raise UserError(f"dataset {name!r} has no validation images to choose thresholds on "
+                        f"(its splits: {', '.join(dataset.split_names)}); leave out --valid-scoremaps to use "
+                        f"the scored split's own thresholds")
+    return split
+
+
+def evaluate_directory(
+    directory: str | Path,
+    cfg: RunConfig,
+    split_name: str = "test",
+    predictions: str | Path | None = None,
+    label: str | None = None,
+    valid_directory: str | Path | None = None,
+) -> ScoreMapEvaluation:
+    """Validate every map of ``directory`` against ``cfg``'s dataset split, then score them.
+
+    With ``valid_directory`` (maps of the dataset's validation split, checked
+    the same way and scored first), the ``*_at_val`` metrics and ``top*_loc``
+    take the validation maps' best thresholds (:meth:`ChosenThresholds.choose`,
+    as a run does); without it, the scored split's own. Raises
+    :class:`ScoreMapError` listing every problem of both folders.
+    ``cfg.eval.crf`` and ``cfg.eval.pictures`` work as in a run once
+    :meth:`ScoreMapEvaluation.finish` (or :func:`write_run`) is called.
+    """
+    directory = Path(directory)
+    folders = [directory] if valid_directory is None else [Path(valid_directory), directory]
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"score map folder {folder} does not exist")
+    dataset = build_dataset(cfg)
+    if split_name not in dataset.split_names:
+        raise UnknownNameError("split", split_name, dataset.split_names)
+    split = dataset.split(split_name, train=False)
+    ids = split_ids(split)
+    groups: list[tuple[str, list[Problem]]] = []
+    valid = None
+    if valid_directory is not None:
+        items = valid_split(dataset, split_name, cfg.dataset)
+        valid = score_folder(folders[0], cfg, items, split_ids(items))
+        groups.append((f"the validation maps in {folders[0]}", valid.problems))
+    preds: dict[str, int] = {}
+    problems: list[Problem] = []
+    if predictions is not None:
+        preds, problems = read_predictions(predictions, ids, dataset.num_classes)
+    extras = TestExtras(cfg, dataset, split, ids)
+    scored = score_folder(directory, cfg, split, ids, extras.update,
+                          score=not problems and not (valid and valid.problems))
+    groups.append((f"the score maps in {directory}", problems + scored.problems))
+    if any(found for _, found in groups):
+        raise ScoreMapError(groups)
+
+    chosen = None
+    if valid is not None:
+        valid_scores = valid.scorer.per_image()
+        chosen = ChosenThresholds.choose(valid_scores["iou_largest"], valid_scores["iou_any"],
+                                         valid.scorer.pixels.hist_fg, valid.scorer.pixels.hist_bg)
+    scores = scored.scorer.per_image()
+    rows = [{"id": row["id"], "label": row["label"], "pred": preds[row["id"]], **row} if preds else row
+            for row in scored.rows]
+    wrong = sum(row["pred"] != row["label"] for row in rows) if preds else 0
     labels = torch.tensor([int(row["label"]) for row in rows], dtype=torch.long)
     # predictions are class indices, no scores: top-1 localization only
     logits = F.one_hot(torch.tensor([preds[i] for i in ids]), dataset.num_classes).float() if preds else None
-    metrics, acc = split_metrics(cfg.eval, scores, scorer.pixels.hist_fg, scorer.pixels.hist_bg, logits, labels)
+    metrics, acc = split_metrics(cfg.eval, scores, scored.scorer.pixels.hist_fg, scored.scorer.pixels.hist_bg,
+                                 logits, labels, chosen)
     metrics["top5_loc"] = float("nan")
-    rows = [{**row, **boxes} for row, boxes in zip(rows, box_columns(scores))]
+    rows = [{**row, **boxes} for row, boxes in zip(rows, box_columns(scores, chosen))]
     results = results_record(
         cfg, metrics, method="external", label=label or directory.resolve().name, split=split_name,
-        thresholds_from=split_name, dataset=dataset.report_name or cfg.dataset,
-        scoremaps=str(directory.resolve()), cl_error=100.0 * wrong / len(ids) if preds and ids else None,
+        thresholds_from=split_name if chosen is None else "valid", dataset=dataset.report_name or cfg.dataset,
+        scoremaps=str(directory.resolve()),
+        **({} if valid is None else {"valid_scoremaps": str(folders[0].resolve())}),
+        cl_error=100.0 * wrong / len(ids) if preds and ids else None,
     )
+    unmatched = scored.unmatched
+    if valid is not None and folders[0].resolve() == directory.resolve():  # wsolevaluation's root: val/ and test/
+        unmatched = [name for name in unmatched if name in valid.unmatched]
     return ScoreMapEvaluation(results, Evaluation(metrics, rows, acc), extras, unmatched)
