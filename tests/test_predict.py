@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -337,3 +339,18 @@ def test_evaluation_transform_is_the_evaluation_splits_preprocessing(tmp_path):
     test = synthetic.split("test")
     image, mask, *_ = split_loaded(test.raw(1))  # the synthetic set's items carry their boxes too
     assert torch.equal(transformed(synthetic.evaluation_transform(), image, mask)[0], test[1]["image"])
+
+
+def test_a_folder_run_names_its_classes_without_its_data(tmp_path):
+    """A run records its class names: a folder dataset's model loads after its files are gone."""
+    from fixture_trees import make_folder
+
+    root = make_folder(tmp_path / "folder", classes=("heron", "stork"), size=(24, 24))
+    cfg = config.resolve("cam-avg", "folder", "quick", options={
+        "output_dir": str(tmp_path / "runs"), "run_name": "r", "device": "cpu", "data_root": str(root),
+        "train": {"epochs": 0}}, sets=["dataset.resize_short=16", "dataset.crop_size=16", "eval.pictures=0"])
+    run = runner.run(cfg).run_dir.path
+    assert json.loads((run / "manifest.json").read_text())["classes"] == ["heron", "stork"]
+    shutil.rmtree(root)
+    model = wsolbench.load(run, device="cpu")
+    assert model.classes == ["heron", "stork"] and model.class_index("stork") == 1

@@ -175,7 +175,8 @@ def load(path: str | os.PathLike, device: str = "auto", data_root: str | None = 
 
     ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
     ``data_root``: where a run's dataset is, for datasets whose class names
-    are read from their files (CUB, ``folder``); a ``.wsol`` file carries them.
+    are read from their files (CUB, ``folder``), when the run's manifest does
+    not record them (runs made before it did); a ``.wsol`` file carries them.
     The method, pooling and dataset plug-ins that made the model must be
     installed. Loading never unpickles anything (``best.pt`` is read with
     ``weights_only=True``) and never fetches pretrained weights.
@@ -187,7 +188,7 @@ def load(path: str | os.PathLike, device: str = "auto", data_root: str | None = 
         checkpoint = run.load_checkpoint(rundir.BEST)
         meta = {"checkpoint": rundir.BEST, "epoch": checkpoint.get("epoch"), "trained_with": _versions(run)}
         dataset = _dataset(cfg, data_root or cfg.data_root, meta)
-        classes = _classes(dataset, source, cfg)
+        classes = _classes(dataset, run, cfg)
     elif source.is_file():
         mf = read_model_file(source)
         cfg, classes = mf.config, mf.classes
@@ -218,12 +219,19 @@ def _versions(run: RunDir) -> dict[str, Any]:
         return {}
 
 
-def _classes(dataset: Dataset, run: Path, cfg: RunConfig) -> list[str]:
+def _classes(dataset: Dataset, run: RunDir, cfg: RunConfig) -> list[str]:
+    """The run's class names: its manifest's (runs record them), else its dataset's (older runs)."""
+    try:
+        recorded = run.read_manifest().get("classes")
+    except rundir.RunDirError:
+        recorded = None
+    if isinstance(recorded, list) and all(isinstance(c, str) for c in recorded):
+        return recorded
     try:
         return list(dataset.classes)
     except DataError as exc:
         raise UserError(
-            f"the class names of run {run} come from the files of its dataset {cfg.dataset!r}, which cannot be "
+            f"the class names of run {run.path} come from the files of its dataset {cfg.dataset!r}, which cannot be "
             f"read ({exc}). Give the dataset's folder (--data-root PATH, or data_root= in Python), or use a .wsol "
             f"file exported where the data is: it carries the class names."
         ) from exc

@@ -261,6 +261,7 @@ def _create_run_dir(
     run_dir.write_config(config_dict)
     manifest = rundir.new_manifest(config_dict, device, argv, data=data_fingerprint(dataset))
     manifest["method_label"] = method_label(cfg)
+    manifest["classes"] = list(dataset.classes)  # class k's name: a run's model is usable without its data
     if dist.active:
         manifest["processes"] = dist.world_size
     run_dir.write_manifest(manifest)
