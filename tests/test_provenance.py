@@ -43,7 +43,9 @@ def checkout(tmp_path) -> Path:
 def test_a_clean_checkout_records_its_commit_and_a_changed_one_a_hash_of_its_diff(checkout):
     head = git(checkout.parent, "rev-parse", "HEAD")
     clean = provenance.code_state(checkout)["git"]
+    tree = clean.pop("tree_sha256")
     assert clean == {"commit": head, "dirty": False, "diff_sha256": None, "untracked_files": 0}
+    assert len(tree) == 64
 
     (checkout / "__init__.py").write_text("VALUE = 2\n")
     (checkout / "notes.txt").write_text("untracked")
@@ -55,6 +57,26 @@ def test_a_clean_checkout_records_its_commit_and_a_changed_one_a_hash_of_its_dif
     assert provenance.code_state(checkout)["git"]["diff_sha256"] != changed["diff_sha256"]
     assert len(changed["diff_sha256"]) == 64
     assert "uncommitted changes" in provenance.describe_code(provenance.code_state(checkout))
+
+
+@needs_git
+def test_the_code_tree_changes_with_the_code_not_with_other_files(checkout):
+    repo = checkout.parent
+    first = provenance.code_state(checkout)["git"]
+    (repo / "suite.toml").write_text("epochs = 2\n")  # a commit outside the code
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "suite")
+    second = provenance.code_state(checkout)["git"]
+    assert second["commit"] != first["commit"] and second["tree_sha256"] == first["tree_sha256"]
+    for changed in (checkout / "__init__.py", repo / "plugins" / "m.py", repo / "pyproject.toml"):
+        changed.parent.mkdir(exist_ok=True)
+        changed.write_text("VALUE = 5\n")
+        git(repo, "add", ".")
+        git(repo, "commit", "-q", "-m", f"change {changed.name}")
+        third = provenance.code_state(checkout)["git"]
+        assert third["tree_sha256"] != second["tree_sha256"], changed
+        second = third
+    assert provenance.code_identity({"git": third}) == f"tree {third['tree_sha256']}"
 
 
 @needs_git
@@ -152,10 +174,12 @@ def test_a_failing_fingerprint_is_recorded_and_does_not_stop_the_run():
     assert provenance.data_fingerprint(Broken()) == {"sha256": None, "error": "OSError: unreadable"}
 
 
-def with_origin(path: Path, commit: str | None, dirty: bool = False, data: str | None = "d" * 64) -> Path:
+def with_origin(path: Path, commit: str | None, dirty: bool = False, data: str | None = "d" * 64,
+                tree: str | None = None) -> Path:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["code"] = {"wsolbench": "0.1.0",
-                        "git": {"commit": commit, "dirty": dirty, "diff_sha256": "f" * 64 if dirty else None}}
+                        "git": {"commit": commit, "dirty": dirty, "diff_sha256": "f" * 64 if dirty else None,
+                                **({"tree_sha256": tree} if tree else {})}}
     manifest["data"] = {"sha256": data, "basis": "files"}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
@@ -172,6 +196,18 @@ def test_report_warns_on_mixed_commits_and_on_changes(tmp_path):
     (line,) = rep.origin_warnings(rep.collect([root]).runs)
     assert "different code" in line
     assert f"commit {'a' * 12} (2 runs)" in line and f"commit {'b' * 12} (1 run)" in line
+    assert f"commit {'a' * 12} with uncommitted changes (diff {'f' * 12}) (1 run)" in line
+
+
+def test_report_does_not_warn_on_commits_with_the_same_code(tmp_path):
+    root = tmp_path / "runs"
+    with_origin(fake_run(root, "a", "cam-avg", "glas", 0, pxap=1.0), "a" * 40, tree="1" * 64)
+    with_origin(fake_run(root, "b", "cam-avg", "glas", 1, pxap=1.0), "b" * 40, tree="1" * 64)  # e.g. a docs commit
+    assert rep.origin_warnings(rep.collect([root]).runs) == []
+    with_origin(fake_run(root, "c", "minmax", "glas", 0, pxap=1.0), "c" * 40, tree="2" * 64)
+    with_origin(fake_run(root, "d", "minmax", "glas", 1, pxap=1.0), "a" * 40, tree="1" * 64, dirty=True)
+    (line,) = rep.origin_warnings(rep.collect([root]).runs)
+    assert f"commit {'a' * 12} = commit {'b' * 12} (2 runs)" in line and f"commit {'c' * 12} (1 run)" in line
     assert f"commit {'a' * 12} with uncommitted changes (diff {'f' * 12}) (1 run)" in line
 
 

@@ -35,6 +35,8 @@ from wsolbench import __version__
 
 #: the folder of the wsolbench package, whose checkout :func:`code_state` describes
 CODE_DIR = Path(__file__).resolve().parents[1]
+#: what beside the package a run executes, hashed with it (``tree_sha256``): built-in plug-ins, entry points
+CODE_BESIDE = ("plugins", "pyproject.toml")
 #: the git executable
 GIT = "git"
 #: seconds each git call may take
@@ -70,10 +72,13 @@ def _git(directory: Path, *args: str) -> bytes:
 def code_state(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The code a run used: ``{"wsolbench": version, "git": {...}}``.
 
-    ``git`` holds ``commit``, ``dirty``, ``diff_sha256`` (``None`` when clean)
-    and ``untracked_files`` when ``package_dir`` (default: the wsolbench
-    package) is tracked in a git checkout; otherwise ``{"commit": None,
-    "reason": ...}``. Untracked files are counted, not hashed: an untracked
+    ``git`` holds ``commit``, ``dirty``, ``diff_sha256`` (``None`` when clean),
+    ``untracked_files`` and ``tree_sha256`` when ``package_dir`` (default: the
+    wsolbench package) is tracked in a git checkout; otherwise ``{"commit":
+    None, "reason": ...}``. ``tree_sha256`` hashes the commit's git trees of
+    the code a run executes: the package, the built-in plug-ins beside it
+    (``plugins``) and ``pyproject.toml`` (entry points), so two commits that
+    differ only elsewhere (docs, suite files) share it. Untracked files are counted, not hashed: an untracked
     file changes a run only when a tracked one (the code, ``pyproject.toml``'s
     entry points) names it, and that change makes the checkout dirty.
     """
@@ -98,6 +103,7 @@ def _git_state(directory: Path) -> dict[str, Any]:
         changed = _git(directory, "status", "--porcelain", "--untracked-files=no").strip()
         diff = _git(directory, "diff", "HEAD", "--binary") if changed else b""
         untracked = _git(directory, "ls-files", "--others", "--exclude-standard", "-z", ":/").split(b"\0")
+        trees = _git(directory.parent, "ls-tree", "HEAD", "--", directory.name, *CODE_BESIDE)
     except _GitUnavailable as exc:
         return {"commit": None, "reason": str(exc)}
     return {
@@ -105,6 +111,7 @@ def _git_state(directory: Path) -> dict[str, Any]:
         "dirty": bool(changed),
         "diff_sha256": hashlib.sha256(diff).hexdigest() if changed else None,
         "untracked_files": sum(1 for name in untracked if name),
+        "tree_sha256": hashlib.sha256(trees).hexdigest(),
     }
 
 
@@ -120,6 +127,15 @@ def describe_code(code: dict[str, Any] | None) -> str:
     if git.get("dirty"):
         text += f" with uncommitted changes (diff {str(git.get('diff_sha256'))[:12]})"
     return text
+
+
+def code_identity(code: dict[str, Any] | None) -> str:
+    """What tells two runs' code apart: the code's trees (and uncommitted diff) when recorded, else
+    :func:`describe_code`'s phrase (runs made before trees were recorded are told apart by commit)."""
+    git = (code or {}).get("git") if isinstance(code, dict) else None
+    if isinstance(git, dict) and git.get("tree_sha256"):
+        return f"tree {git['tree_sha256']}" + (f" + diff {git.get('diff_sha256')}" if git.get("dirty") else "")
+    return describe_code(code)
 
 
 def _cpu_model() -> str:

@@ -41,7 +41,7 @@ from rich.table import Table
 from wsolbench import RUN_SCHEMA_VERSION
 from wsolbench.errors import UnknownNameError, UserError
 from wsolbench.plugin_host import registry
-from wsolbench.runs.provenance import describe_code
+from wsolbench.runs.provenance import code_identity, describe_code
 from wsolbench.runs.rundir import CRF_HISTOGRAMS, HISTOGRAMS, MANIFEST, RESULTS, slug
 from wsolbench.scoring.metrics import METRICS, PROTOCOLS
 from wsolbench.scoring.plots import Curve, draw_pr_curves
@@ -155,6 +155,7 @@ def read_run(path: Path) -> list[dict[str, Any]]:
         "finished": str(manifest.get("finished") or ""),
         "provided_by": json.dumps(_provided_by(results, manifest), sort_keys=True),
         "code": describe_code(manifest.get("code")),
+        "code_id": code_identity(manifest.get("code")),
         "data": _data_sha(manifest),
         "eval_protocol": _geometry(results),
     }
@@ -178,7 +179,7 @@ def collect(paths: Iterable[str | os.PathLike]) -> Collection:
             records.extend(read_run(path))
         except _Skip as exc:
             skipped.append(Skipped(str(path), str(exc)))
-    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", "code", "data",
+    columns = ["label", "method", "dataset", "seed", "path", "finished", "provided_by", "code", "code_id", "data",
                "eval_protocol", *METRICS, "histograms"]
     runs = pd.DataFrame(records, columns=columns)
     # one dataset scored under two geometries is two column groups, never one mean
@@ -500,8 +501,10 @@ def _tally(counts: dict[str, set[str]]) -> str:
 def origin_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> list[str]:
     """Lines saying when the runs of the table come from different code, or a dataset's runs from different data.
 
-    Code: the commit and uncommitted changes recorded in the manifests
-    (:func:`wsolbench.runs.provenance.describe_code`). Data: per dataset, the
+    Code: the code's trees and uncommitted changes recorded in the manifests
+    (:func:`wsolbench.runs.provenance.code_identity`; the commit for runs that
+    recorded no tree), named by commit (:func:`wsolbench.runs.provenance.describe_code`):
+    commits that differ only outside the code do not warn. Data: per dataset, the
     fingerprint (:func:`wsolbench.runs.provenance.data_fingerprint`). Runs
     that recorded neither count as one more kind. ``summary`` limits the
     runs to its rows and datasets.
@@ -510,9 +513,10 @@ def origin_warnings(runs: pd.DataFrame, summary: pd.DataFrame | None = None) -> 
         runs = runs[runs["label"].isin(summary.attrs["rows"]) & runs["dataset"].isin(summary.attrs["datasets"])]
     runs = runs.drop_duplicates("path")
     lines = []
-    codes: dict[str, set[str]] = {}
-    for path, code in runs[["path", "code"]].itertuples(index=False):
-        codes.setdefault(code, set()).add(path)
+    identities: dict[str, dict[str, set[str]]] = {}
+    for path, code, identity in runs[["path", "code", "code_id"]].itertuples(index=False):
+        identities.setdefault(identity, {}).setdefault(code, set()).add(path)
+    codes = {" = ".join(sorted(named)): set().union(*named.values()) for named in identities.values()}
     if len(codes) > 1:
         lines.append(f"the runs in this table were made by different code: {_tally(codes)}; their differences may "
                      f"come from the code rather than the methods")
