@@ -22,6 +22,7 @@ read them as rows); an evaluation already there is not run again.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -46,9 +47,7 @@ def last_epoch_results(run: Path, root: Path, output: Path) -> dict:
     if rundir.is_complete(target):
         return rundir.RunDir(target, read_only=True).read_results()
     if target.exists():  # an interrupted evaluation: score again
-        for name in target.iterdir():
-            name.unlink()
-        target.rmdir()
+        shutil.rmtree(target)
     return evaluate_checkpoint(run, "last", "test", output_dir=target)
 
 

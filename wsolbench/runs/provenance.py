@@ -78,9 +78,10 @@ def code_state(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     None, "reason": ...}``. ``tree_sha256`` hashes the commit's git trees of
     the code a run executes: the package, the built-in plug-ins beside it
     (``plugins``) and ``pyproject.toml`` (entry points), so two commits that
-    differ only elsewhere (docs, suite files) share it. Untracked files are counted, not hashed: an untracked
-    file changes a run only when a tracked one (the code, ``pyproject.toml``'s
-    entry points) names it, and that change makes the checkout dirty.
+    differ only elsewhere (docs, suite files) share it. Untracked files are
+    counted, not hashed: an untracked file changes a run only when a tracked
+    one (the code, ``pyproject.toml``'s entry points) names it, and that change
+    makes the checkout dirty.
     """
     directory = Path(package_dir) if package_dir is not None else CODE_DIR
     return {"wsolbench": __version__, "git": _git_state(directory)}

@@ -229,6 +229,13 @@ class RunDir:
             self._lock_fd = fd
             return
 
+    def stop(self, status: str, reason: str) -> None:
+        """Record why the run stopped (``status``, ``finished``, ``error``), keep its files, release its lock;
+        never raises, so it cannot mask the error that stopped the run."""
+        with contextlib.suppress(Exception):
+            self.update_manifest(status=status, finished=now(), error=reason)
+        self.release()
+
     def release(self) -> None:
         fd = self._lock_fd
         if fd is None:

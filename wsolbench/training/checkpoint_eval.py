@@ -20,7 +20,6 @@ that do not fit the other method's network are refused with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -94,9 +93,7 @@ def evaluate_checkpoint(
             write_outputs(target, scored, extras, results)
         except BaseException as exc:
             if target is not None:
-                with contextlib.suppress(Exception):
-                    target.update_manifest(status="failed", finished=rundir.now(), error=f"{type(exc).__name__}: {exc}")
-                target.release()
+                target.stop("failed", f"{type(exc).__name__}: {exc}")
             raise
         if target is not None:
             target.update_manifest(status="completed", finished=rundir.now(),

@@ -23,7 +23,6 @@ the others see it read-only, and progress goes to the listener of rank 0 only.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,26 +289,19 @@ def _run(
         results = _train_and_test(cfg, dataset, method, device, run_dir, listener, loggers, checkpoint, dist)
     except KeyboardInterrupt as exc:
         reason = str(exc) or "interrupted by the user (Ctrl-C)"
-        _mark_stopped(run_dir, "interrupted", reason)
+        run_dir.stop("interrupted", reason)
         if dist.is_main:
             raise RunInterrupted(
                 f"{reason}; finished epochs are kept. Continue with: wsolbench run --resume {run_dir.path}"
             ) from exc
         raise
     except BaseException as exc:
-        _mark_stopped(run_dir, "failed", f"{type(exc).__name__}: {exc}")
+        run_dir.stop("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         loggers.close()
     run_dir.release()
     return RunResult(run_dir, results, cfg)
-
-
-def _mark_stopped(run_dir: RunDir, status: str, reason: str) -> None:
-    """Record why the run stopped, keep its files, release its lock; never masks the original error."""
-    with contextlib.suppress(Exception):
-        run_dir.update_manifest(status=status, finished=rundir.now(), error=reason)
-    run_dir.release()
 
 
 def _train_and_test(
